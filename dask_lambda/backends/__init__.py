@@ -1,0 +1,1 @@
+"""Backends: where jobs run. Each implements the small `Backend` interface in `base`."""

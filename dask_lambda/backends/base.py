@@ -1,0 +1,67 @@
+"""The one small interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What a backend needs to know about the function it runs.
+
+    Attributes
+    ----------
+    concurrency
+        Most invocations in flight at once.
+    memory
+        Memory per execution environment, MB.
+    timeout
+        Seconds an invocation may run.
+    signing_key
+        The HMAC key job and result payloads are signed with.
+    """
+
+    concurrency: int
+    memory: int
+    timeout: float
+    signing_key: bytes
+
+
+class Backend(abc.ABC):
+    """Runs handler invocations somewhere.
+
+    A backend starts what it needs (`start`), invokes the handler with a
+    Lambda-shaped event and returns its response (`invoke`), and removes what
+    it started (`close`).  Failures of the execution environment raise the
+    typed errors of :mod:`dask_lambda.errors`.
+    """
+
+    #: Backend name as given to ``LambdaClient(backend=...)``.
+    name: str = ""
+
+    def __init__(self, settings: FunctionSettings):
+        self.settings = settings
+        #: Invocations made, cold starts seen.
+        self.invocations = 0
+        self.cold_starts = 0
+
+    @property
+    @abc.abstractmethod
+    def s3_options(self) -> dict[str, Any]:
+        """Keyword arguments for an S3 client that reaches the backend's S3."""
+
+    def client_environment(self) -> dict[str, str]:
+        """Environment variables the client process needs while open (e.g. a local S3 endpoint)."""
+        return {}
+
+    async def start(self) -> None:
+        """Start whatever the backend needs."""
+
+    @abc.abstractmethod
+    async def invoke(self, event: dict) -> dict:
+        """Invoke the handler once and return its response."""
+
+    async def close(self) -> None:
+        """Stop and remove everything `start` made."""

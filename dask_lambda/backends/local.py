@@ -1,0 +1,289 @@
+"""The local backend: Lambda on this machine, no AWS account, no Docker.
+
+* S3 is moto's S3 server in a process of its own on 127.0.0.1 (or an
+  endpoint you give), spoken to over HTTP like the real one.
+* Each execution environment is a fresh interpreter running
+  :mod:`dask_lambda.backends.local_runtime`, which imports the real handler
+  and serves invocations one at a time.  Environments are reused warm, at most
+  ``concurrency`` exist, each runs in a private working and temp directory, an
+  invocation past the timeout kills its environment, and one whose memory
+  (RSS) passes the memory setting is killed, as Lambda does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from ..errors import (
+    ConfigurationError,
+    FunctionError,
+    HandlerCrashedError,
+    LambdaOutOfMemoryError,
+    LambdaTimeoutError,
+)
+from .base import Backend, FunctionSettings
+
+_LEN = struct.Struct(">I")
+HANDLER = "dask_lambda_handler.entry.handler"
+_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_START_TIMEOUT = 120.0
+_MEMORY_POLL = 0.05
+_VCPU_MB = 1769  # Lambda gives one vCPU per 1,769 MB (AWS-FACTS.md)
+
+
+class _Died(Exception):
+    pass
+
+
+class _Environment:
+    """One execution environment: a runtime process and its private directory."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, directory: str):
+        self.proc = proc
+        self.directory = directory
+        self.busy = False
+        self.oom_rss = 0
+        self._ps: Any = None
+
+    async def call(self, request: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        data = json.dumps(request).encode()
+        try:
+            self.proc.stdin.write(_LEN.pack(len(data)) + data)
+            await self.proc.stdin.drain()
+            return await self.read()
+        except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError) as exc:
+            raise _Died(str(exc)) from None
+
+    async def read(self) -> dict:
+        assert self.proc.stdout is not None
+        (n,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
+        return json.loads(await self.proc.stdout.readexactly(n))
+
+    def rss(self) -> int:
+        import psutil
+
+        if self._ps is None:
+            self._ps = psutil.Process(self.proc.pid)
+        return self._ps.memory_info().rss
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            self.proc.stdin.close()  # the runtime exits at end of input
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except asyncio.TimeoutError:
+                self.kill()
+        if self.proc.returncode is None:
+            self.kill()
+        await self.proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class LocalBackend(Backend):
+    """Run the handler in local processes that behave like Lambda execution environments.
+
+    Parameters
+    ----------
+    settings
+        Concurrency, memory, timeout and signing key.
+    s3_endpoint
+        Use this S3 endpoint instead of starting a private moto server.
+    python
+        Interpreter for the execution environments (default: this one).
+    region
+        Region name given to S3 clients.
+    """
+
+    name = "local"
+
+    def __init__(self, settings: FunctionSettings, *, s3_endpoint: str | None = None,
+                 python: str | None = None, region: str = "us-east-1"):
+        super().__init__(settings)
+        self.endpoint = s3_endpoint
+        self.python = python or sys.executable
+        self.region = region
+        self._own_s3: asyncio.subprocess.Process | None = None
+        self._dir = ""
+        self._idle: list[_Environment] = []
+        self._all: set[_Environment] = set()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._monitor: asyncio.Task | None = None
+        self._closed = False
+
+    # -- S3 -------------------------------------------------------------------------
+
+    @property
+    def s3_options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.endpoint, "region": self.region,
+                "credentials": dict(_CREDENTIALS)}
+
+    def client_environment(self) -> dict[str, str]:
+        assert self.endpoint is not None
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": _CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": _CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    async def _start_s3(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", "dask_lambda.backends.s3server",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=self._dir)
+        self._own_s3 = proc
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), _START_TIMEOUT)
+        except asyncio.TimeoutError:
+            line = b""
+        if not line.startswith(b"PORT "):
+            raise ConfigurationError(
+                "the local S3 server (moto) did not start; is moto installed with its server "
+                "extra? `pip install 'moto[server,s3]'` (or pass local_s3_endpoint=\"http://...\" "
+                "to use one you run)")
+        self.endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="dask-lambda-local-")
+        if self.endpoint is None:
+            await self._start_s3()
+        self._monitor = asyncio.create_task(self._watch_memory())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+        await asyncio.gather(*(env.stop() for env in list(self._all)), return_exceptions=True)
+        self._all.clear()
+        self._idle.clear()
+        if self._own_s3 is not None:
+            env = _Environment(self._own_s3, self._dir)
+            await env.stop(grace=5.0)
+            self._own_s3 = None
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # -- execution environments ---------------------------------------------------------
+
+    def _environment_variables(self, directory: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")}
+        env.update(self.client_environment())
+        threads = str(max(1, min(6, self.settings.memory // _VCPU_MB)))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, threads)
+        env.update({
+            "_HANDLER": HANDLER,
+            "DASK_LAMBDA_SIGNING_KEY": self.settings.signing_key.hex(),
+            "AWS_LAMBDA_FUNCTION_NAME": "dask-lambda-local",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.memory),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.settings.timeout),
+            "TMPDIR": directory,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        return env
+
+    async def _spawn(self) -> _Environment:
+        directory = tempfile.mkdtemp(prefix="env-", dir=self._dir)
+        proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", "dask_lambda.backends.local_runtime",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=directory, env=self._environment_variables(directory))
+        env = _Environment(proc, directory)
+        self._all.add(env)
+        try:
+            hello = await asyncio.wait_for(env.read(), _START_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            hello = {"init_error": {"errorType": "Runtime.ExitError",
+                                    "errorMessage": "the runtime exited during start-up"}}
+        if "init_error" in hello:
+            await self._discard(env)
+            err = hello["init_error"]
+            raise FunctionError(
+                f"the local execution environment could not start: {err['errorMessage']}. "
+                "Is dask-lambda installed in the interpreter it runs with "
+                f"({self.python})?", err["errorType"])
+        self.cold_starts += 1
+        return env
+
+    async def _discard(self, env: _Environment) -> None:
+        self._all.discard(env)
+        await env.stop(grace=0)
+
+    async def _watch_memory(self) -> None:
+        limit = self.settings.memory * 2**20
+        while True:
+            await asyncio.sleep(_MEMORY_POLL)
+            for env in list(self._all):
+                if not env.busy:
+                    continue
+                try:
+                    rss = env.rss()
+                except Exception:  # the process is gone; the invocation reports it
+                    continue
+                if rss > limit:
+                    env.oom_rss = rss
+                    env.kill()
+
+    # -- invoke ---------------------------------------------------------------------------
+
+    async def invoke(self, event: dict) -> dict:
+        if self._closed:
+            raise HandlerCrashedError("the local backend is closed")
+        async with self._slots:
+            env = self._idle.pop() if self._idle else await self._spawn()
+            self.invocations += 1
+            request_id = str(uuid.uuid4())
+            timeout = self.settings.timeout
+            request = {"event": event, "context": {
+                "aws_request_id": request_id, "deadline": time.time() + timeout,
+                "memory_limit_in_mb": self.settings.memory}}
+            env.busy = True
+            try:
+                reply = await asyncio.wait_for(env.call(request), timeout)
+            except asyncio.TimeoutError:
+                await self._discard(env)
+                raise LambdaTimeoutError(
+                    f"Task timed out after {timeout:.2f} seconds (request {request_id}). Raise "
+                    f"the function timeout, e.g. LambdaClient(..., timeout={int(min(900, timeout * 2))}) "
+                    "or DASK_LAMBDA__TIMEOUT, or split the task into smaller ones.") from None
+            except _Died:
+                await self._discard(env)
+                if env.oom_rss:
+                    raise LambdaOutOfMemoryError(
+                        f"Runtime exited: out of memory. The task used {env.oom_rss / 2**20:.0f} MB, "
+                        f"more than the function's {self.settings.memory} MB (request {request_id}). "
+                        "Give it more, e.g. LambdaClient(..., memory="
+                        f"{min(10240, self.settings.memory * 2)}) or DASK_LAMBDA__MEMORY, "
+                        "or use smaller partitions/chunks.") from None
+                raise HandlerCrashedError(
+                    f"Runtime exited with code {env.proc.returncode} while running the task "
+                    f"(request {request_id}): the execution environment crashed or was killed."
+                ) from None
+            except BaseException:
+                await self._discard(env)
+                raise
+            env.busy = False
+            self._idle.append(env)
+        if "error" in reply:
+            err = reply["error"]
+            raise FunctionError(f"{err['errorType']}: {err['errorMessage']}", err["errorType"])
+        return reply["response"]

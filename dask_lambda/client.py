@@ -1,0 +1,72 @@
+"""LambdaClient: a ``distributed.Client`` whose tasks run in AWS Lambda."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+from distributed import Client
+
+from .cluster import LambdaCluster
+
+#: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
+TASK_BASED = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
+
+
+class LambdaClient(Client):
+    """A Dask client whose tasks run in AWS Lambda; the scheduler stays here.
+
+    Parameters
+    ----------
+    bucket
+        ``"s3://bucket/prefix"`` or ``"bucket"``: where job and result objects go.
+    backend
+        ``"local"`` (default: processes on this machine acting as Lambda, with a
+        local S3 server; no AWS account needed) or ``"aws"``.
+    concurrency
+        Most tasks running at once.
+    memory, timeout
+        Memory (MB) and timeout (s) of each function invocation.
+    **kwargs
+        Other cluster settings (``inline_max``, ``retries``, ``local_s3_endpoint``,
+        ``dashboard_address``) and ``distributed.Client`` arguments
+        (``asynchronous``, ``set_as_default``, ...).
+
+    Examples
+    --------
+    >>> from dask_lambda import LambdaClient
+    >>> with LambdaClient("s3://my-bucket/dask", backend="local") as client:  # doctest: +SKIP
+    ...     df.groupby("name").x.mean().compute()
+    """
+
+    _CLUSTER_ARGS = ("inline_max", "retries", "local_s3_endpoint", "dashboard_address", "loop")
+
+    def __init__(self, bucket: str | None = None, *, backend: str | None = None,
+                 concurrency: int | None = None, memory: int | None = None,
+                 timeout: float | None = None, asynchronous: bool = False, **kwargs: Any):
+        cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
+        cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
+                                memory=memory, timeout=timeout, asynchronous=asynchronous,
+                                **cluster_args)
+        self._task_based = dask.config.set(TASK_BASED)
+        try:
+            super().__init__(cluster, asynchronous=asynchronous, **kwargs)
+        except BaseException:
+            self._task_based.__exit__(None, None, None)
+            cluster.close()
+            raise
+
+    async def _close(self, fast: bool = False) -> None:
+        try:
+            await super()._close(fast=fast)
+        finally:
+            cluster = getattr(self, "cluster", None)
+            if cluster is not None:
+                await cluster.close()
+            if getattr(self, "_task_based", None) is not None:
+                self._task_based.__exit__(None, None, None)
+                self._task_based = None
+
+    def lambda_stats(self) -> dict:
+        """Counters of this client's Lambda work: tasks, invocations, cold starts, retries, bytes."""
+        return self.cluster.lambda_stats()

@@ -1,0 +1,231 @@
+"""LambdaCluster: a local scheduler plus one gateway worker whose tasks run in Lambda.
+
+Built on ``distributed.deploy.SpecCluster``: the scheduler and the gateway
+worker run in this process (as ``LocalCluster(processes=False)``); the
+worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import tempfile
+import uuid
+from typing import Any
+
+from distributed import Scheduler, Worker
+from distributed.deploy.spec import SpecCluster
+from dask_lambda_handler import protocol
+
+from . import config
+from .backends.base import Backend, FunctionSettings
+from .errors import ConfigurationError
+from .executor import LambdaExecutor
+from .store import S3Store
+
+BACKENDS = ("local", "aws")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_bucket(url: Any) -> tuple[str, str]:
+    """Split ``"s3://bucket/prefix"`` or ``"bucket"`` into (bucket, prefix), checking the name.
+
+    Examples
+    --------
+    >>> parse_bucket("s3://my-bucket/dask/")
+    ('my-bucket', 'dask')
+    """
+    example = 'LambdaClient("s3://my-bucket/dask")'
+    if url is None or url == "":
+        raise ConfigurationError(
+            f"LambdaClient needs an S3 bucket for job and result objects, e.g. {example}, "
+            "or set it once with DASK_LAMBDA__BUCKET=s3://my-bucket/dask.")
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"the bucket must be a string such as \"s3://my-bucket/dask\", not "
+            f"{type(url).__name__}: {example}")
+    text = url.strip()
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme != "s3":
+            raise ConfigurationError(
+                f"{url!r} is not an S3 URL: use an s3:// URL or a bare bucket name, e.g. {example}")
+    bucket, _, prefix = text.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        fixed = re.sub(r"[^a-z0-9.-]+", "-", bucket.lower()).strip("-.")[:63] or "my-bucket"
+        raise ConfigurationError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, "
+            f"'-' and '.', starting and ending with a letter or digit). "
+            f"Did you mean LambdaClient(\"s3://{fixed}/{prefix.strip('/')}\")?")
+    return bucket, prefix.strip("/")
+
+
+class LambdaCluster(SpecCluster):
+    """A Dask cluster whose tasks run in AWS Lambda (or the local stand-in).
+
+    Most users want :class:`dask_lambda.LambdaClient`, which makes one of these.
+
+    Parameters
+    ----------
+    bucket
+        ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``.
+    backend
+        ``"local"`` or ``"aws"``; default ``lambda.backend``.
+    concurrency, memory, timeout, inline_max, retries
+        See the ``lambda`` configuration schema; defaults from ``dask.config``.
+    local_s3_endpoint
+        Local backend: use this S3 endpoint instead of starting a moto server.
+    dashboard_address
+        Scheduler dashboard address; default ``lambda.dashboard-address``.
+    asynchronous, loop
+        As for any ``SpecCluster``.
+    """
+
+    def __init__(self, bucket: str | None = None, *, backend: str | None = None,
+                 concurrency: int | None = None, memory: int | None = None,
+                 timeout: float | None = None, inline_max: int | None = None,
+                 retries: int | None = None, local_s3_endpoint: str | None = None,
+                 dashboard_address: str | None = None, asynchronous: bool = False,
+                 loop: Any = None):
+        self.bucket, self.prefix = parse_bucket(config.get("bucket", bucket))
+        backend = config.get("backend", backend)
+        if backend not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown backend {backend!r}: choose one of {', '.join(map(repr, BACKENDS))}, "
+                f"e.g. LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
+        if backend == "aws":
+            raise ConfigurationError(
+                "backend=\"aws\" is not available in this version of dask-lambda yet; use "
+                f"LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
+        concurrency = config.get("concurrency", concurrency) or (os.cpu_count() or 1)
+        settings = FunctionSettings(
+            concurrency=_positive_int("concurrency", concurrency),
+            memory=_positive_int("memory", config.get("memory", memory)),
+            timeout=float(config.get("timeout", timeout)),
+            signing_key=secrets.token_bytes(32),
+        )
+        if not 128 <= settings.memory <= 10240:
+            raise ConfigurationError(
+                f"memory={settings.memory} MB is outside Lambda's 128-10240 MB: e.g. memory=2048")
+        if not 0 < settings.timeout <= 900:
+            raise ConfigurationError(
+                f"timeout={settings.timeout} s is outside Lambda's (0, 900] seconds: e.g. timeout=300")
+        self.settings = settings
+        self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
+
+        from .backends.local import LocalBackend
+
+        self.backend: Backend = LocalBackend(
+            settings, s3_endpoint=config.get("local.s3-endpoint", local_s3_endpoint),
+            python=config.get("local.python"))
+        self._own_bucket = config.get("local.s3-endpoint", local_s3_endpoint) is None
+        self.store: S3Store | None = None
+        self.executor: LambdaExecutor | None = None
+        self._inline_max = _positive_int("inline_max", config.get("inline-max", inline_max), 0)
+        self._retries = _positive_int("retries", config.get("retries", retries), 0)
+        self._saved_env: dict[str, str | None] = {}
+        self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
+
+        dashboard = config.get("dashboard-address", dashboard_address)
+        scheduler = {"cls": Scheduler, "options": {
+            "protocol": "inproc://", "dashboard": dashboard is not None,
+            "dashboard_address": dashboard}}
+        super().__init__(scheduler=scheduler, workers={}, asynchronous=asynchronous,
+                         loop=loop, silence_logs=logging.WARNING, name=f"LambdaCluster-{self.layout.run}")
+
+    async def _start(self) -> None:
+        if self.status.name == "running":
+            return
+        try:
+            await self.backend.start()
+            self.store = S3Store(self.bucket, **self.backend.s3_options)
+            await self.store.start()
+            await self.store.check_bucket(create=self.backend.name == "local")
+            self._set_environment(self.backend.client_environment())
+            self.executor = LambdaExecutor(
+                self.backend, self.store, self.layout, signing_key=self.settings.signing_key,
+                inline_max=self._inline_max, retries=self._retries)
+            self.worker_spec = {"lambda-gateway": {"cls": Worker, "options": {
+                "nthreads": self.settings.concurrency, "executor": self.executor,
+                "memory_limit": 0, "local_directory": self._local_directory,
+                "name": "lambda-gateway"}}}
+            await super()._start()
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        """Delete the run's objects and stop what the backend started (idempotent)."""
+        try:
+            if self.executor is not None:
+                executor, self.executor = self.executor, None
+                await executor.close()
+            if self.store is not None:
+                store, self.store = self.store, None
+                await store.close()
+        finally:
+            await self.backend.close()
+            self._restore_environment()
+            import shutil
+
+            shutil.rmtree(self._local_directory, ignore_errors=True)
+
+    # While open, the client process sees the backend's S3 (so s3:// paths work in graphs
+    # built or read here, e.g. dd.read_parquet("s3://...") metadata).
+    def _set_environment(self, env: dict[str, str]) -> None:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", *env):
+            self._saved_env.setdefault(name, os.environ.get(name))
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            if name not in env:
+                os.environ.pop(name, None)
+        os.environ.update(env)
+        _clear_fs_caches()
+
+    def _restore_environment(self) -> None:
+        if not self._saved_env:
+            return
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+        _clear_fs_caches()
+
+    def lambda_stats(self) -> dict:
+        """Counters of this cluster's Lambda work (tasks, invocations, cold starts, bytes...)."""
+        from dataclasses import asdict
+
+        out = asdict(self.executor.stats) if self.executor is not None else {}
+        out.update(invocations=self.backend.invocations, cold_starts=self.backend.cold_starts)
+        return out
+
+
+def _clear_fs_caches() -> None:
+    """Forget cached s3fs filesystems, which hold the endpoint and credentials they were made with."""
+    import sys
+
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+        if number != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        raise ConfigurationError(
+            f"{name} must be a whole number >= {minimum}, not {value!r}: e.g. "
+            f"LambdaClient(\"s3://my-bucket\", {name}={max(minimum, 8)})")
+    return number

@@ -1,0 +1,58 @@
+"""Client-side pickling of jobs.
+
+A Lambda function has only the packages deployed with it, so code from
+modules that are not installed (the user's script, a helper module next to
+it, a test file) is pickled *by value*; installed packages and the standard
+library are pickled by reference, as usual.  The same rule holds on the local
+backend, whose execution environments do not share the client's working
+directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from typing import Any
+
+import cloudpickle
+from dask_lambda_handler import protocol
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_top_levels() -> frozenset[str]:
+    from importlib.metadata import packages_distributions
+
+    return frozenset(packages_distributions()) | frozenset(sys.stdlib_module_names) | {
+        "__main__", "builtins"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _ship_by_value(module_name: str) -> bool:
+    top = module_name.partition(".")[0]
+    if top in _installed_top_levels() or module_name not in sys.modules:
+        return False
+    module = sys.modules[module_name]
+    if getattr(module, "__file__", None) is None:  # built-in or namespace package
+        return False
+    cloudpickle.register_pickle_by_value(module)
+    return True
+
+
+class _Pickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            # cloudpickle replaces the file name with "<dynamic-code>"; keep the real one so
+            # a remote traceback points at the user's file and line.
+            func, args = cloudpickle.cloudpickle._code_reduce(obj)
+            return func, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
+        if isinstance(obj, (types.FunctionType, type)):
+            module = getattr(obj, "__module__", None)
+            if isinstance(module, str):
+                _ship_by_value(module)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> list:
+    """Pickle ``obj`` as job frames, shipping non-installed modules by value."""
+    return protocol.dumps_object(obj, pickler=_Pickler)

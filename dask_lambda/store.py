@@ -1,0 +1,125 @@
+"""Asynchronous S3 access for the client side: one place for every S3 call.
+
+Uses aiobotocore (pooled connections on the scheduler's event loop, no
+thread per request) with botocore's ``standard`` retry mode, so transient
+errors and 503 SlowDown are retried a bounded number of times with backoff.
+AWS error codes become typed errors here, keeping the request id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable
+
+from .errors import ConfigurationError
+
+_MAX_POOL = 256
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+class S3Store:
+    """S3 client bound to one bucket.
+
+    Parameters
+    ----------
+    bucket
+        Bucket name.
+    endpoint_url, region, credentials
+        Passed to the client; ``None`` means boto's normal resolution
+        (environment, profile, ``AWS_ENDPOINT_URL``).
+    """
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None,
+                 region: str | None = None, credentials: dict | None = None):
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.credentials = credentials or {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self.client: Any = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.requests = 0
+
+    async def start(self) -> None:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        self._stack = contextlib.AsyncExitStack()
+        cfg = AioConfig(retries={"mode": "standard", "max_attempts": 5},
+                        max_pool_connections=_MAX_POOL)
+        self.client = await self._stack.enter_async_context(
+            get_session().create_client("s3", endpoint_url=self.endpoint_url,
+                                        region_name=self.region, config=cfg,
+                                        **self.credentials))
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+            self.client = None
+
+    async def check_bucket(self, *, create: bool = False) -> None:
+        """Fail with a clear error if the bucket is missing or not ours; create it if asked."""
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+            return
+        except Exception as exc:
+            code = _code(exc)
+            if code in ("404", "NoSuchBucket") and create:
+                await self.client.create_bucket(Bucket=self.bucket)
+                return
+            if code in ("404", "NoSuchBucket"):
+                raise ConfigurationError(
+                    f"S3 bucket {self.bucket!r} does not exist. Create it first "
+                    f"(`dask-lambda deploy --bucket {self.bucket}` or `aws s3 mb s3://{self.bucket}`), "
+                    "or name an existing bucket: LambdaClient(\"s3://my-bucket/dask\")."
+                ) from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise ConfigurationError(
+                    f"no access to S3 bucket {self.bucket!r} (HTTP 403): it belongs to another "
+                    "account or your credentials lack s3:ListBucket/GetObject/PutObject on it. "
+                    "Use a bucket you own, or check `aws sts get-caller-identity`."
+                ) from None
+            raise
+
+    async def put(self, key: str, body: bytes) -> None:
+        self.requests += 1
+        self.bytes_up += len(body)
+        await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    async def get(self, key: str) -> bytes:
+        self.requests += 1
+        resp = await self.client.get_object(Bucket=self.bucket, Key=key)
+        async with resp["Body"] as stream:
+            data = await stream.read()
+        self.bytes_down += len(data)
+        return data
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            self.requests += 1
+            keys.extend(o["Key"] for o in page.get("Contents", ()))
+        return keys
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete keys, 1,000 per request (S3's limit)."""
+        keys = list(keys)
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            self.requests += 1
+            await self.client.delete_objects(Bucket=self.bucket,
+                                             Delete={"Objects": batch, "Quiet": True})
+
+    async def delete_prefixes(self, prefixes: Iterable[str]) -> int:
+        n = 0
+        for prefix in prefixes:
+            keys = await self.list_keys(prefix)
+            await self.delete(keys)
+            n += len(keys)
+        return n

@@ -1,0 +1,224 @@
+"""The one place that owns the S3 key layout and the job/result wire format.
+
+Imported by both the client library (``dask_lambda``) and the Lambda handler,
+so it depends on the standard library only (``cloudpickle`` is imported when
+a payload is built or opened).
+
+Key layout, under the user's prefix ``P`` (may be empty)::
+
+    P/jobs/<run>/<task-token>-a<attempt>.job       job objects (the S3-trigger filter is P/jobs/)
+    P/results/<run>/<task-token>-a<attempt>.out    outputs and errors
+
+A *run* is one client's lifetime; everything it wrote lives below its run id,
+so clean-up is "delete two prefixes".  Keys include the attempt number, so a
+retried or duplicated attempt can never overwrite another attempt's output.
+
+Payload format (job and result alike)::
+
+    b"DLJ1" | HMAC-SHA256 (32 bytes) | header length (4 bytes, big endian) | header JSON | frame 0 | frame 1 ...
+
+Frame 0 is a pickle (protocol 5, cloudpickle) whose large buffers (numpy and
+pandas memory, bytes) are carried out-of-band as frames 1..n, so they are
+never copied into the pickle stream, which is how ``distributed`` serializes
+the same types.  The HMAC covers everything after it and is keyed with a
+secret the client and the function share and that is never written to the
+bucket: a payload whose signature does not verify is rejected before
+anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+PROTOCOL_VERSION = 1
+MAGIC = b"DLJ1"
+_DIGEST = hashlib.sha256
+_MAC_LEN = 32
+_LEN = struct.Struct(">I")
+
+JOBS = "jobs"
+RESULTS = "results"
+
+#: Name of the environment variable holding the shared signing key (hex).
+SIGNING_KEY_ENV = "DASK_LAMBDA_SIGNING_KEY"
+
+
+class PayloadError(Exception):
+    """A payload is malformed, of another protocol version, or fails its signature."""
+
+
+# ---------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def task_token(key: Any) -> str:
+    """A short, S3-safe, unique token for a Dask task key.
+
+    The readable part helps a person browsing the bucket; the hash makes it unique.
+    """
+    text = str(key)
+    head = _UNSAFE.sub("_", text)[:48].strip("_") or "task"
+    return f"{head}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """S3 key layout of one run.
+
+    Attributes
+    ----------
+    bucket
+        Bucket name.
+    prefix
+        The user's prefix inside the bucket, without leading or trailing ``/``.
+    run
+        The run id (one per client).
+    """
+
+    bucket: str
+    prefix: str
+    run: str
+
+    def _root(self, kind: str) -> str:
+        return f"{self.prefix}/{kind}" if self.prefix else kind
+
+    @property
+    def jobs_root(self) -> str:
+        """Prefix of every job object of every run (the S3-trigger filter)."""
+        return self._root(JOBS) + "/"
+
+    @property
+    def results_root(self) -> str:
+        """Prefix of every result object of every run."""
+        return self._root(RESULTS) + "/"
+
+    @property
+    def run_prefixes(self) -> tuple[str, str]:
+        """The two prefixes holding everything this run wrote."""
+        return (f"{self.jobs_root}{self.run}/", f"{self.results_root}{self.run}/")
+
+    def job_key(self, token: str, attempt: int) -> str:
+        return f"{self.jobs_root}{self.run}/{token}-a{attempt}.job"
+
+    def result_key(self, token: str, attempt: int) -> str:
+        return f"{self.results_root}{self.run}/{token}-a{attempt}.out"
+
+
+def result_key_for_job(job_key: str) -> str:
+    """The result key that belongs to a job key (used by the S3-trigger mode)."""
+    head, sep, tail = job_key.rpartition(f"{JOBS}/")
+    if not sep or not tail.endswith(".job"):
+        raise PayloadError(f"not a dask-lambda job key: {job_key!r}")
+    return f"{head}{RESULTS}/{tail[:-4]}.out"
+
+
+# ---------------------------------------------------------------------------
+# Payloads
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Payload:
+    """A decoded job or result.
+
+    Attributes
+    ----------
+    header
+        Small JSON-able metadata (kind, task key, attempt, sizes, stats).
+    frames
+        Raw frames; frame 0 is the pickle, the rest its out-of-band buffers.
+    """
+
+    header: dict
+    frames: list = field(default_factory=list)
+
+    def load(self, find_class: Any = None) -> Any:
+        """Unpickle frame 0 with its out-of-band buffers."""
+        import io
+
+        if find_class is None:
+            return pickle.loads(self.frames[0], buffers=self.frames[1:])
+
+        class _Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+                return find_class(module, name) or super().find_class(module, name)
+
+        return _Unpickler(io.BytesIO(self.frames[0]), buffers=self.frames[1:]).load()
+
+
+def dumps_object(obj: Any, pickler: Any = None) -> list:
+    """Pickle ``obj`` (protocol 5) as frames: the pickle, then its out-of-band buffers.
+
+    Buffers under 2 KB stay inside the pickle, where they are cheaper than frames.
+    ``pickler`` is a ``cloudpickle.Pickler`` subclass; the default is cloudpickle's own.
+    """
+    import io
+
+    import cloudpickle
+
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < 2048:
+            return True
+        buffers.append(buf)
+        return False
+
+    f = io.BytesIO()
+    (pickler or cloudpickle.Pickler)(f, protocol=5, buffer_callback=keep).dump(obj)
+    return [f.getbuffer()] + [b.raw() for b in buffers]
+
+
+def encode(header: dict, frames: Iterable, key: bytes) -> bytes:
+    """Build a signed payload from a header and frames."""
+    frames = [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
+    header = dict(header, v=PROTOCOL_VERSION, lengths=[len(f) for f in frames])
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    body = [_LEN.pack(len(hbytes)), hbytes, *frames]
+    mac = hmac.new(key, digestmod=_DIGEST)
+    for part in body:
+        mac.update(part)
+    return b"".join([MAGIC, mac.digest(), *body])
+
+
+def decode(data: bytes | bytearray | memoryview, key: bytes) -> Payload:
+    """Verify and split a payload. Raises `PayloadError` before anything is unpickled."""
+    view = memoryview(data)
+    if len(view) < 4 + _MAC_LEN + 4 or bytes(view[:4]) != MAGIC:
+        raise PayloadError(
+            "not a dask-lambda payload (bad magic bytes): the object was not written by "
+            "dask-lambda, or by an incompatible version"
+        )
+    mac = bytes(view[4 : 4 + _MAC_LEN])
+    body = view[4 + _MAC_LEN :]
+    expected = hmac.new(key, body, _DIGEST).digest()
+    if not hmac.compare_digest(mac, expected):
+        raise PayloadError(
+            "payload signature does not verify: it was altered, or signed with another "
+            f"key. The client and the function must share the same ${SIGNING_KEY_ENV}."
+        )
+    (hlen,) = _LEN.unpack(body[:4])
+    header = json.loads(bytes(body[4 : 4 + hlen]))
+    if header.get("v") != PROTOCOL_VERSION:
+        raise PayloadError(
+            f"payload protocol version {header.get('v')} != {PROTOCOL_VERSION}: "
+            "the client and the deployed handler are different dask-lambda versions"
+        )
+    frames = []
+    offset = 4 + hlen
+    for n in header["lengths"]:
+        frames.append(body[offset : offset + n])
+        offset += n
+    if offset != len(body):
+        raise PayloadError("payload length does not match its header (truncated object?)")
+    return Payload(header, frames)

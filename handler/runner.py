@@ -1,0 +1,220 @@
+"""Run one job: read it, verify it, run it, write its output.
+
+Events (JSON)::
+
+    {"op": "ping"}
+    {"op": "run", "bucket": B, "job_key": K, "result_key": R,
+     "job": <base64, optional: the job travels inline instead of in S3>,
+     "inline_max": <bytes: an output up to this size is returned in the response>}
+
+Response of a run::
+
+    {"status": "ok" | "error", "result_key": R or None, "result": <base64 or None>,
+     "nbytes": <size of the output object>, "stats": {...}}
+
+``status == "error"`` means the *task* raised; the payload then holds the
+exception and its traceback.  Anything wrong with the job itself (bad
+signature, missing object, no permission) raises out of the handler, which
+Lambda reports as a function error.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from . import protocol
+
+_COLD = True
+_S3: Any = None
+
+#: Frames from these files are dropped from the front of a remote traceback.
+_INTERNAL = (os.path.dirname(__file__), os.path.join("dask", "_task_spec"))
+
+
+class NotAvailableInLambda(RuntimeError):
+    """Raised by worker-only ``distributed`` APIs called inside a Lambda task."""
+
+
+def _unavailable(name: str) -> Callable[..., Any]:
+    def stub(*args: Any, **kwargs: Any) -> Any:
+        raise NotAvailableInLambda(
+            f"distributed.{name}() is not available inside a dask-lambda task: the task runs "
+            "in an AWS Lambda function, not on a Dask worker. Pass what the task needs as "
+            "arguments instead (e.g. client.submit(func, data) rather than calling "
+            f"{name}() inside func), and run nested work from the client."
+        )
+
+    stub.__name__ = name
+    return stub
+
+
+_WORKER_ONLY = {"get_worker", "get_client", "worker_client", "secede", "rejoin"}
+_WORKER_MODULES = {"distributed", "distributed.worker", "distributed.client",
+                   "distributed.worker_client", "distributed.secede"}
+
+
+def _find_class(module: str, name: str) -> Any:
+    if module in _WORKER_MODULES and name in _WORKER_ONLY:
+        return _unavailable(name)
+    return None
+
+
+def _s3() -> Any:
+    global _S3
+    if _S3 is None:
+        import boto3
+        from botocore.config import Config
+
+        _S3 = boto3.client(
+            "s3",
+            config=Config(retries={"mode": "standard", "max_attempts": 5},
+                          max_pool_connections=16),
+        )
+    return _S3
+
+
+def _signing_key() -> bytes:
+    value = os.environ.get(protocol.SIGNING_KEY_ENV)
+    if not value:
+        raise protocol.PayloadError(
+            f"the function has no signing key: set ${protocol.SIGNING_KEY_ENV} in its "
+            "environment to the client's key (`dask-lambda deploy` does this)"
+        )
+    return bytes.fromhex(value)
+
+
+def versions() -> dict:
+    """What this execution environment runs, for the client's version check."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": "%d.%d" % sys.version_info[:2], "protocol": protocol.PROTOCOL_VERSION}
+    for dist in ("cloudpickle", "dask", "dask-lambda"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _user_frames(tb: Any) -> Any:
+    """Skip the handler's and dask's own frames at the head of a traceback."""
+    while tb is not None and any(p in tb.tb_frame.f_code.co_filename for p in _INTERNAL):
+        tb = tb.tb_next
+    return tb
+
+
+def _traceback_dict(tb: Any) -> dict | None:
+    """The traceback as tblib's dict form (so the client can rebuild a real one)."""
+    tb = _user_frames(tb)
+    frames = []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    out = None
+    for t in reversed(frames):
+        code = t.tb_frame.f_code
+        out = {
+            "tb_frame": {
+                "f_code": {"co_filename": code.co_filename, "co_name": code.co_name},
+                "f_globals": {"__name__": t.tb_frame.f_globals.get("__name__", "?"),
+                              "__file__": code.co_filename},
+                "f_lineno": t.tb_lineno,
+            },
+            "tb_lineno": t.tb_lineno,
+            "tb_next": out,
+        }
+    return out
+
+
+def _error_payload(exc: BaseException) -> tuple[dict, list]:
+    import cloudpickle
+
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    tb = _traceback_dict(exc.__traceback__)
+    try:
+        frames = protocol.dumps_object(exc)
+        cloudpickle.loads(frames[0], buffers=frames[1:])
+    except Exception:  # the exception itself does not pickle: send its text
+        frames = protocol.dumps_object(None)
+    header = {
+        "kind": "error",
+        "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "exc_text": text,
+        "traceback": tb,
+        "traceback_text": "".join(traceback.format_list(traceback.extract_tb(_user_frames(exc.__traceback__)))),
+    }
+    return header, frames
+
+
+def _run(event: dict, context: Any) -> dict:
+    global _COLD
+    cold, _COLD = _COLD, False
+    t0 = time.time()
+    key = _signing_key()
+    bucket = event["bucket"]
+    if event.get("job") is not None:
+        raw = base64.b64decode(event["job"])
+    else:
+        raw = _s3().get_object(Bucket=bucket, Key=event["job_key"])["Body"].read()
+    job = protocol.decode(raw, key)
+    if job.header.get("kind") != "job":
+        raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
+    t1 = time.time()
+
+    try:
+        func, args, kwargs = job.load(find_class=_find_class)
+        del raw, job
+        result = func(*args, **kwargs)
+    except Exception as exc:
+        status = "error"
+        header, frames = _error_payload(exc)
+    else:
+        status = "ok"
+        try:
+            frames = protocol.dumps_object(result)
+        except Exception as exc:
+            status = "error"
+            wrapped = TypeError(
+                f"the task's result of type {type(result).__name__} cannot be pickled to send "
+                f"it back from Lambda: {exc}"
+            )
+            header, frames = _error_payload(wrapped)
+        else:
+            header = {"kind": "result", "type": f"{type(result).__module__}.{type(result).__qualname__}"}
+        del result
+    t2 = time.time()
+
+    stats = {
+        "cold": cold,
+        "read_s": t1 - t0,
+        "run_s": t2 - t1,
+        "request_id": getattr(context, "aws_request_id", None),
+        "pid": os.getpid(),
+    }
+    header["stats"] = stats
+    blob = protocol.encode(header, frames, key)
+    del frames
+    response: dict = {"status": status, "nbytes": len(blob), "stats": stats,
+                      "result": None, "result_key": None}
+    if len(blob) <= int(event.get("inline_max", 0)):
+        response["result"] = base64.b64encode(blob).decode()
+    else:
+        _s3().put_object(Bucket=bucket, Key=event["result_key"], Body=blob)
+        response["result_key"] = event["result_key"]
+    stats["write_s"] = time.time() - t2
+    return response
+
+
+def handle(event: dict, context: Any) -> dict:
+    """Dispatch one Lambda event."""
+    op = event.get("op")
+    if op == "ping":
+        return {"status": "ok", "versions": versions()}
+    if op == "run":
+        return _run(event, context)
+    raise ValueError(f"unknown dask-lambda event op {op!r}; expected 'run' or 'ping'")
