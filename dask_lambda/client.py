@@ -8,6 +8,7 @@ import dask
 from distributed import Client
 
 from .cluster import LambdaCluster
+from .serialize import find_unpicklable
 
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
 TASK_BASED = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
@@ -55,6 +56,16 @@ class LambdaClient(Client):
             self._task_based.__exit__(None, None, None)
             cluster.close()
             raise
+
+    def _graph_to_futures(self, expr: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._graph_to_futures(expr, *args, **kwargs)
+        except TypeError as exc:
+            # distributed says "Could not serialize object of type HLGExpr": name the task.
+            error = find_unpicklable(expr) if "serialize" in str(exc) else None
+            if error is None:
+                raise
+            raise error from exc
 
     async def _close(self, fast: bool = False) -> None:
         try:

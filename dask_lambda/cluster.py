@@ -99,7 +99,9 @@ class LambdaCluster(SpecCluster):
             raise ConfigurationError(
                 "backend=\"aws\" is not available in this version of dask-lambda yet; use "
                 f"LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
-        concurrency = config.get("concurrency", concurrency) or (os.cpu_count() or 1)
+        concurrency = config.get("concurrency", concurrency)
+        if concurrency is None:
+            concurrency = os.cpu_count() or 1
         settings = FunctionSettings(
             concurrency=_positive_int("concurrency", concurrency),
             memory=_positive_int("memory", config.get("memory", memory)),

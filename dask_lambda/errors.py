@@ -19,7 +19,7 @@ class LambdaTimeoutError(DaskLambdaError, TimeoutError):
     """A task ran past the function timeout and was stopped."""
 
 
-class LambdaOutOfMemoryError(DaskLambdaError, MemoryError):
+class LambdaOutOfMemoryError(MemoryError, DaskLambdaError):  # this order survives tblib pickling
     """A task used more memory than the function has and was killed."""
 
 

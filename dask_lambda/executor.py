@@ -30,7 +30,7 @@ from dask_lambda_handler import protocol
 
 from . import serialize
 from .backends.base import Backend
-from .errors import DaskLambdaError, HandlerCrashedError, RemoteTaskError, TaskSerializationError
+from .errors import DaskLambdaError, HandlerCrashedError, RemoteTaskError
 from .store import S3Store
 
 _GC_INTERVAL = 1.0
@@ -141,13 +141,7 @@ class LambdaExecutor(concurrent.futures.Executor):
         try:
             frames = serialize.dumps((task, (data,), {}))
         except Exception as exc:
-            err = TaskSerializationError(
-                f"task {key!r} cannot be sent to Lambda because it cannot be pickled "
-                f"({type(exc).__name__}: {exc}). Everything a task uses is pickled with "
-                "cloudpickle: create locks, open files, sockets and clients inside the "
-                "function instead of capturing them, e.g. "
-                "`def f(path): with open(path) as fh: ...` rather than `f = lambda: fh.read()`.")
-            return self._erred(key, err, None, "", start, delay)
+            return self._erred(key, serialize.unpicklable(key, exc), None, "", start, delay)
         blob = protocol.encode({"kind": "job", "key": str(key)}, frames, self.signing_key)
         del frames, data
         try:

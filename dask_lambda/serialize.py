@@ -18,6 +18,8 @@ from typing import Any
 import cloudpickle
 from dask_lambda_handler import protocol
 
+from .errors import TaskSerializationError
+
 
 @functools.lru_cache(maxsize=1)
 def _installed_top_levels() -> frozenset[str]:
@@ -56,3 +58,27 @@ class _Pickler(cloudpickle.Pickler):
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` as job frames, shipping non-installed modules by value."""
     return protocol.dumps_object(obj, pickler=_Pickler)
+
+
+def unpicklable(key: Any, exc: BaseException) -> TaskSerializationError:
+    """The error for a task that cannot be pickled, naming the task and the fix."""
+    return TaskSerializationError(
+        f"task {key!r} cannot be sent to Lambda because it cannot be pickled "
+        f"({type(exc).__name__}: {exc}). Nothing was uploaded or run. Everything a task uses "
+        "is pickled with cloudpickle: create locks, open files, sockets and clients inside "
+        "the function instead of capturing them, e.g. `def read(path): with open(path) as f: "
+        "return f.read()` rather than `lambda: fh.read()` over an open `fh`.")
+
+
+def find_unpicklable(graph: Any) -> TaskSerializationError | None:
+    """The error for the first task of ``graph`` (a Dask expression) that cannot be pickled."""
+    try:
+        tasks = dict(graph.__dask_graph__())
+    except Exception:
+        return None
+    for key, task in tasks.items():
+        try:
+            cloudpickle.dumps(task)
+        except Exception as exc:
+            return unpicklable(key, exc)
+    return None

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -266,6 +267,8 @@ class LocalBackend(Backend):
                     f"the function timeout, e.g. LambdaClient(..., timeout={int(min(900, timeout * 2))}) "
                     "or DASK_LAMBDA__TIMEOUT, or split the task into smaller ones.") from None
             except _Died:
+                with contextlib.suppress(asyncio.TimeoutError):  # it is exiting: get its code
+                    await asyncio.wait_for(env.proc.wait(), 2.0)
                 await self._discard(env)
                 if env.oom_rss:
                     raise LambdaOutOfMemoryError(

@@ -1,0 +1,100 @@
+"""Job objects are signed: the handler (in its own process) refuses anything else."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import cloudpickle
+import pytest
+
+from dask_lambda.backends.base import FunctionSettings
+from dask_lambda.backends.local import LocalBackend
+from dask_lambda.errors import FunctionError
+from dask_lambda.serialize import dumps
+from dask_lambda_handler import protocol
+
+KEY = bytes(range(32))
+
+
+def _job(func, *args, key=KEY):
+    frames = dumps((func, args, {}))  # the client's serializer: this test module goes by value
+    return protocol.encode({"kind": "job", "key": "t"}, frames, key)
+
+
+def _touch(path):
+    open(path, "w").close()
+    return "ran"
+
+
+async def _invoke_all(s3_endpoint, s3, events):
+    settings = FunctionSettings(concurrency=1, memory=1024, timeout=30, signing_key=KEY)
+    backend = LocalBackend(settings, s3_endpoint=s3_endpoint)
+    await backend.start()
+    try:
+        out = []
+        for event in events:
+            try:
+                out.append(await backend.invoke(event))
+            except FunctionError as exc:
+                out.append(exc)
+        return out
+    finally:
+        await backend.close()
+
+
+@pytest.fixture
+def bucket(s3):
+    name = "t-security"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def test_tampered_or_foreign_jobs_are_rejected_and_not_run(s3_endpoint, s3, bucket, tmp_path):
+    marker = str(tmp_path / "ran")
+    good = _job(_touch, marker)
+    tampered = bytearray(good)
+    tampered[-5] ^= 0xFF  # one flipped bit in the pickle
+    s3.put_object(Bucket=bucket, Key="jobs/r/tampered.job", Body=bytes(tampered))
+    s3.put_object(Bucket=bucket, Key="jobs/r/foreign.job", Body=_job(_touch, marker, key=b"x" * 32))
+    s3.put_object(Bucket=bucket, Key="jobs/r/raw.job", Body=cloudpickle.dumps((_touch, (marker,), {})))
+    base = {"op": "run", "bucket": bucket, "inline_max": 10_000}
+    events = [dict(base, job_key=f"jobs/r/{n}.job", result_key=f"results/r/{n}.out")
+              for n in ("tampered", "foreign", "raw")]
+    events.append(dict(base, job_key="jobs/r/inline.job", result_key="results/r/inline.out",
+                       job=base64.b64encode(bytes(tampered)).decode()))
+    results = asyncio.run(_invoke_all(s3_endpoint, s3, events))
+
+    for exc in results[:2] + results[3:]:
+        assert isinstance(exc, FunctionError)
+        assert exc.error_type == "PayloadError"
+        assert "payload signature does not verify: it was altered, or signed with another key" in str(exc)
+    assert isinstance(results[2], FunctionError)
+    assert "not a dask-lambda payload (bad magic bytes)" in str(results[2])
+    assert not os.path.exists(marker)  # nothing was unpickled, nothing ran
+
+
+def test_signed_job_runs_and_result_is_signed(s3_endpoint, s3, bucket, tmp_path):
+    marker = str(tmp_path / "ran")
+    event = {"op": "run", "bucket": bucket, "job_key": "jobs/r/ok.job",
+             "result_key": "results/r/ok.out", "inline_max": 0,
+             "job": base64.b64encode(_job(_touch, marker)).decode()}
+    [response] = asyncio.run(_invoke_all(s3_endpoint, s3, [event]))
+    assert response["status"] == "ok" and response["result_key"] == "results/r/ok.out"
+    assert os.path.exists(marker)
+    blob = s3.get_object(Bucket=bucket, Key="results/r/ok.out")["Body"].read()
+    assert protocol.decode(blob, KEY).load() == "ran"
+    with pytest.raises(protocol.PayloadError, match="signature does not verify"):
+        protocol.decode(blob, b"y" * 32)
+    assert response["stats"]["pid"] != os.getpid()
+
+
+def test_ping_reports_versions(s3_endpoint, s3):
+    [response] = asyncio.run(_invoke_all(s3_endpoint, s3, [{"op": "ping"}]))
+    import sys
+    from importlib.metadata import version
+
+    assert response["versions"]["python"] == "%d.%d" % sys.version_info[:2]
+    assert response["versions"]["cloudpickle"] == version("cloudpickle")
+    assert response["versions"]["dask-lambda"] == version("dask-lambda")

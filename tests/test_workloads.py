@@ -1,0 +1,217 @@
+"""Dask workloads on the local backend give the synchronous scheduler's results.
+
+Every task here runs in a separate handler process (checked in
+``test_tasks_run_in_other_processes``), reading its job and writing its output
+through the moto S3 server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import dask
+import dask.array as da
+import dask.bag as db
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import as_completed, wait
+
+from .conftest import list_keys
+
+
+def sync(*collections):
+    return dask.compute(*collections, scheduler="sync")
+
+
+def lam(*collections):
+    return dask.compute(*collections)  # the module's LambdaClient is the default scheduler
+
+
+def test_tasks_run_in_other_processes(client):
+    before = client.lambda_stats()["invocations"]
+    pids = set(client.gather(client.map(lambda i: os.getpid(), range(8), pure=False)))
+    assert os.getpid() not in pids
+    assert 1 <= len(pids) <= 2  # concurrency=2 environments, reused warm
+    assert client.lambda_stats()["invocations"] - before == 8
+
+
+def test_handler_has_its_own_working_directory(client):
+    cwd = client.submit(os.getcwd, pure=False).result()
+    assert cwd != os.getcwd()
+    assert "dask-lambda-local-" in cwd
+
+
+# -- dask.array ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def x():
+    return da.random.default_rng(1).standard_normal((300, 300), chunks=(100, 100))
+
+
+def test_array_elementwise_and_reductions(client, x):
+    exprs = [(x * 2 + 1).sum(), np.sin(x).mean(axis=0), x.max(), x.std(), (x > 0).sum(axis=1)]
+    for got, want in zip(lam(*exprs), sync(*exprs)):
+        np.testing.assert_allclose(got, want)
+
+
+def test_array_transpose_matmul_rechunk(client, x):
+    exprs = [x + x.T, x @ x.T, x.rechunk((150, 50)), x.rechunk((300, 30)).sum(axis=0)]
+    for got, want in zip(lam(*exprs), sync(*exprs)):
+        np.testing.assert_allclose(got, want)
+
+
+def test_array_svd(client):
+    a = da.random.default_rng(2).standard_normal((400, 40), chunks=(100, 40))
+    u, s, v = lam(*da.linalg.svd(a))
+    s_sync = sync(da.linalg.svd(a)[1])[0]
+    np.testing.assert_allclose(s, s_sync)
+    np.testing.assert_allclose((u * s) @ v, a.compute(scheduler="sync"), atol=1e-10)
+
+
+# -- dask.dataframe --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts():
+    return dask.datasets.timeseries(start="2000-01-01", end="2000-01-05", freq="60s",
+                                    partition_freq="1D", seed=3)
+
+
+def test_dataframe_map_partitions_groupby(client, ts):
+    def positive(p):
+        return p[p.x > 0]
+
+    q = ts.map_partitions(positive).groupby("name").agg({"y": ["mean", "sum"], "x": "count"})
+    pd.testing.assert_frame_equal(lam(q)[0].sort_index(), sync(q)[0].sort_index())
+
+
+def test_dataframe_merge_and_set_index_shuffle(client):
+    left = dd.from_pandas(pd.DataFrame({"k": np.arange(400) % 37, "a": np.arange(400)}),
+                          npartitions=4)
+    right = dd.from_pandas(pd.DataFrame({"k": np.arange(37), "b": np.arange(37) ** 2}),
+                           npartitions=3)
+    merged = left.merge(right, on="k", how="inner", shuffle_method="tasks")
+    merged_default = left.merge(right, on="k")  # the client switched the default to tasks
+    indexed = left.set_index("a", npartitions=3)
+
+    def norm(df):
+        return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+    got = lam(merged, merged_default, indexed)
+    want = sync(merged, merged_default, indexed)
+    pd.testing.assert_frame_equal(norm(got[0]), norm(want[0]))
+    pd.testing.assert_frame_equal(norm(got[1]), norm(want[1]))
+    pd.testing.assert_frame_equal(got[2], want[2])
+    assert dask.config.get("dataframe.shuffle.method") == "tasks"
+
+
+def test_dataframe_resample(client, ts):
+    q = ts.x.resample("6h").mean()
+    pd.testing.assert_series_equal(lam(q)[0], sync(q)[0])
+
+
+# -- S3 I/O inside tasks -------------------------------------------------------------------
+
+
+def test_parquet_roundtrip_on_s3(client, ts):
+    bucket = client.cluster.bucket
+    path = f"s3://{bucket}/data/ts.parquet"
+    ts.to_parquet(path)  # written by tasks in the handler processes
+    back = dd.read_parquet(path)
+    pd.testing.assert_frame_equal(back.compute(), ts.compute(scheduler="sync"),
+                                  check_freq=False)
+
+
+def test_text_roundtrip_and_bag_ops(client, s3):
+    bucket = client.cluster.bucket
+    lines = [f"{w} {i}" for i, w in enumerate(["apple", "pear", "fig", "apple", "kiwi"] * 40)]
+    db.from_sequence(lines, npartitions=4).to_textfiles(f"s3://{bucket}/text/*.txt")
+    assert len(list_keys(s3, bucket, "text/")) == 4
+
+    bag = db.read_text(f"s3://{bucket}/text/*.txt").map(str.strip)
+    words = bag.map(str.split).map(lambda t: (t[0], int(t[1])))
+    exprs = [
+        bag.filter(lambda s: s.startswith("a")).count(),
+        words.pluck(0).frequencies(sort=True),
+        words.foldby(lambda t: t[0], lambda acc, t: acc + t[1], 0, lambda a, b: a + b, 0),
+    ]
+    got, want = lam(*exprs), sync(*exprs)
+    assert got[0] == want[0] == 80
+    assert got[1] == want[1]
+    assert sorted(got[2]) == sorted(want[2])
+    frame = words.to_dataframe(columns=["word", "n"])
+    pd.testing.assert_frame_equal(lam(frame)[0], sync(frame)[0])
+
+
+# -- delayed, futures, persist -----------------------------------------------------------------
+
+
+def test_delayed_nested_lists_and_dicts(client):
+    @dask.delayed
+    def inc(i):
+        return i + 1
+
+    @dask.delayed
+    def combine(d):
+        return {k: sum(v) for k, v in d.items()}
+
+    nested = {"a": [inc(i) for i in range(5)], "b": [inc(inc(i)) for i in range(3)],
+              "c": {"x": [inc(10), (inc(20), 5)]}}
+    total = combine({"a": nested["a"], "b": nested["b"]})
+    assert lam(nested, total) == sync(nested, total)
+    assert lam(total)[0] == {"a": 15, "b": 9}
+
+
+def test_futures_submit_map_gather_scatter_as_completed(client):
+    def add(a, b=0):
+        return a + b
+
+    fut = client.submit(add, 1, b=2)
+    assert fut.result() == 3
+    futs = client.map(add, range(10), b=100)
+    assert client.gather(futs) == [i + 100 for i in range(10)]
+
+    [big] = client.scatter([np.arange(100_000)])
+    total = client.submit(np.sum, big)
+    assert total.result() == np.arange(100_000).sum()
+
+    chained = client.submit(add, fut, b=fut)
+    assert chained.result() == 6
+    seen = sorted(f.result() for f in as_completed(client.map(add, range(20), b=1)))
+    assert seen == list(range(1, 21))
+
+
+def test_persist_then_reuse(client, x):
+    before = client.lambda_stats()["tasks"]
+    y = (x + 1).persist()
+    wait(y)
+    ran = client.lambda_stats()["tasks"] - before
+    assert ran >= 9  # the 9 blocks ran now, in Lambda
+    after_persist = client.lambda_stats()["tasks"]
+    np.testing.assert_allclose(y.sum().compute(), (x + 1).sum().compute(scheduler="sync"))
+    # the persisted blocks were not recomputed: only the reduction's tasks ran
+    assert client.lambda_stats()["tasks"] - after_persist < ran
+
+
+def test_generator_result_and_large_array_through_s3(client):
+    """Outputs above inline-max travel as S3 objects and are removed after reading."""
+    def make(n):
+        return np.arange(n, dtype="f8")
+
+    before = client.lambda_stats()
+    arr = client.submit(make, 2_000_000).result()  # 16 MB: an S3 result object
+    np.testing.assert_array_equal(arr, np.arange(2_000_000, dtype="f8"))
+    back = client.submit(np.sum, client.scatter(arr)).result()  # 16 MB job: an S3 job object
+    assert back == arr.sum()
+    after = client.lambda_stats()
+    assert after["s3_jobs"] > before["s3_jobs"]
+    assert after["bytes_received"] - before["bytes_received"] > 16_000_000
+
+    def gen() -> Iterator[int]:
+        yield from range(3)
+
+    assert client.submit(lambda: list(gen())).result() == [0, 1, 2]
