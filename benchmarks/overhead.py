@@ -44,7 +44,7 @@ How to run
 ----------
 From the repository root::
 
-    python benchmarks/overhead.py                    # full run (about a minute)
+    python benchmarks/overhead.py                    # full run (about 75 s on 2 cores)
     python benchmarks/overhead.py --quick            # smoke test: tiny sizes, 1 repetition
     python benchmarks/overhead.py --repeat 9 --json results.json
 """

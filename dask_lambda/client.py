@@ -7,6 +7,8 @@ from typing import Any
 import dask
 from distributed import Client
 
+from dask_lambda_handler.protocol import ObjectRef
+
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
 
@@ -40,7 +42,8 @@ class LambdaClient(Client):
     ...     df.groupby("name").x.mean().compute()
     """
 
-    _CLUSTER_ARGS = ("inline_max", "retries", "local_s3_endpoint", "dashboard_address", "loop")
+    _CLUSTER_ARGS = ("inline_max", "retries", "locality", "local_s3_endpoint",
+                     "dashboard_address", "loop")
 
     def __init__(self, bucket: str | None = None, *, backend: str | None = None,
                  concurrency: int | None = None, memory: int | None = None,
@@ -67,6 +70,16 @@ class LambdaClient(Client):
                 raise
             raise error from exc
 
+    async def _gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
+        # Outputs kept in S3 reach the client as references: download only what is gathered.
+        result = await super()._gather(futures, *args, **kwargs)
+        refs = _find_refs(result)
+        if not refs:
+            return result
+        executor = self.cluster.executor
+        values = await executor.load(refs)
+        return _replace_refs(result, values)
+
     async def _close(self, fast: bool = False) -> None:
         try:
             await super()._close(fast=fast)
@@ -81,3 +94,26 @@ class LambdaClient(Client):
     def lambda_stats(self) -> dict:
         """Counters of this client's Lambda work: tasks, invocations, cold starts, retries, bytes."""
         return self.cluster.lambda_stats()
+
+
+def _find_refs(obj: Any, found: list | None = None) -> list:
+    found = [] if found is None else found
+    if isinstance(obj, ObjectRef):
+        found.append(obj)
+    elif isinstance(obj, (list, tuple, set)):
+        for item in obj:
+            _find_refs(item, found)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _find_refs(item, found)
+    return found
+
+
+def _replace_refs(obj: Any, values: dict) -> Any:
+    if isinstance(obj, ObjectRef):
+        return values[obj]
+    if isinstance(obj, (list, tuple, set)):
+        return type(obj)(_replace_refs(item, values) for item in obj)
+    if isinstance(obj, dict):
+        return {k: _replace_refs(v, values) for k, v in obj.items()}
+    return obj

@@ -73,7 +73,7 @@ class LambdaCluster(SpecCluster):
         ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``.
     backend
         ``"local"`` or ``"aws"``; default ``lambda.backend``.
-    concurrency, memory, timeout, inline_max, retries
+    concurrency, memory, timeout, inline_max, retries, locality
         See the ``lambda`` configuration schema; defaults from ``dask.config``.
     local_s3_endpoint
         Local backend: use this S3 endpoint instead of starting a moto server.
@@ -86,7 +86,8 @@ class LambdaCluster(SpecCluster):
     def __init__(self, bucket: str | None = None, *, backend: str | None = None,
                  concurrency: int | None = None, memory: int | None = None,
                  timeout: float | None = None, inline_max: int | None = None,
-                 retries: int | None = None, local_s3_endpoint: str | None = None,
+                 retries: int | None = None, locality: bool | None = None,
+                 local_s3_endpoint: str | None = None,
                  dashboard_address: str | None = None, asynchronous: bool = False,
                  loop: Any = None):
         self.bucket, self.prefix = parse_bucket(config.get("bucket", bucket))
@@ -125,8 +126,10 @@ class LambdaCluster(SpecCluster):
         self._own_bucket = config.get("local.s3-endpoint", local_s3_endpoint) is None
         self.store: S3Store | None = None
         self.executor: LambdaExecutor | None = None
+        self._final_stats: Any = None
         self._inline_max = _positive_int("inline_max", config.get("inline-max", inline_max), 0)
         self._retries = _positive_int("retries", config.get("retries", retries), 0)
+        self._locality = bool(config.get("locality", locality))
         self._saved_env: dict[str, str | None] = {}
         self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
 
@@ -148,10 +151,11 @@ class LambdaCluster(SpecCluster):
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
                 self.backend, self.store, self.layout, signing_key=self.settings.signing_key,
-                inline_max=self._inline_max, retries=self._retries)
+                inline_max=self._inline_max, retries=self._retries, locality=self._locality)
             self.worker_spec = {"lambda-gateway": {"cls": Worker, "options": {
                 "nthreads": self.settings.concurrency, "executor": self.executor,
-                "memory_limit": 0, "local_directory": self._local_directory,
+                "memory_limit": 0, "data": self.executor.data,
+                "local_directory": self._local_directory,
                 "name": "lambda-gateway"}}}
             await super()._start()
         except BaseException:
@@ -169,6 +173,7 @@ class LambdaCluster(SpecCluster):
         try:
             if self.executor is not None:
                 executor, self.executor = self.executor, None
+                self._final_stats = executor.stats
                 await executor.close()
             if self.store is not None:
                 store, self.store = self.store, None
@@ -206,7 +211,8 @@ class LambdaCluster(SpecCluster):
         """Counters of this cluster's Lambda work (tasks, invocations, cold starts, bytes...)."""
         from dataclasses import asdict
 
-        out = asdict(self.executor.stats) if self.executor is not None else {}
+        stats = self.executor.stats if self.executor is not None else self._final_stats
+        out = asdict(stats) if stats is not None else {}
         out.update(invocations=self.backend.invocations, cold_starts=self.backend.cold_starts)
         return out
 

@@ -22,6 +22,8 @@ import base64
 import concurrent.futures
 import itertools
 import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from time import time
 from typing import Any
@@ -51,7 +53,9 @@ class ExecutorStats:
     inline_jobs, s3_jobs
         Jobs sent in the invoke request / as S3 objects.
     bytes_sent, bytes_received
-        Job and output bytes moved by this process (inline and S3).
+        Job and output bytes moved by this process (inline and S3, gathers included).
+    outputs_in_s3, output_bytes_in_s3
+        Outputs left in S3 for the tasks that use them (never downloaded unless gathered).
     """
 
     tasks: int = 0
@@ -61,6 +65,52 @@ class ExecutorStats:
     s3_jobs: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    outputs_in_s3: int = 0
+    output_bytes_in_s3: int = 0
+
+
+class LambdaData(MutableMapping):
+    """The gateway worker's data: small values, or `ObjectRef`s to outputs kept in S3.
+
+    The scheduler counts references: it tells the worker to forget a key only when no
+    task or client future needs it any more. Forgetting (or replacing) a reference here
+    deletes its S3 object.
+    """
+
+    def __init__(self, release: Any):
+        self._data: dict = {}
+        self._release = release
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        old = self._data.get(key)
+        self._data[key] = value
+        if isinstance(old, protocol.ObjectRef) and old != value:
+            self._release(old)
+
+    def __delitem__(self, key: Any) -> None:
+        value = self._data.pop(key)
+        if isinstance(value, protocol.ObjectRef):
+            self._release(value)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _type_named(name: str) -> type:
+    """The type called ``module.qualname`` if its module is loaded here, else `ObjectRef`."""
+    import sys
+
+    module, _, qualname = name.rpartition(".")
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else protocol.ObjectRef
 
 
 class LambdaExecutor(concurrent.futures.Executor):
@@ -80,16 +130,22 @@ class LambdaExecutor(concurrent.futures.Executor):
         Jobs and outputs up to this many encoded bytes travel in the invoke request/response.
     retries
         Further attempts when an execution environment crashes.
+    locality
+        Keep outputs above ``inline_max`` in S3 (True) or download every output (False).
     """
 
     def __init__(self, backend: Backend, store: S3Store, layout: protocol.Layout, *,
-                 signing_key: bytes, inline_max: int, retries: int):
+                 signing_key: bytes, inline_max: int, retries: int, locality: bool = True):
         self.backend = backend
         self.store = store
         self.layout = layout
         self.signing_key = signing_key
         self.inline_max = inline_max
         self.retries = retries
+        self.locality = locality
+        self.data = LambdaData(self.release)
+        #: What the handler reported for recent invocations (request id, cold, timings, peak memory).
+        self.invocations: deque[dict] = deque(maxlen=10_000)
         self.stats = ExecutorStats()
         self._seq = itertools.count()
         self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
@@ -142,17 +198,24 @@ class LambdaExecutor(concurrent.futures.Executor):
             frames = serialize.dumps((task, (data,), {}))
         except Exception as exc:
             return self._erred(key, serialize.unpicklable(key, exc), None, "", start, delay)
-        blob = protocol.encode({"kind": "job", "key": str(key)}, frames, self.signing_key)
+        parts = protocol.encode_parts({"kind": "job", "key": str(key)}, frames, self.signing_key)
         del frames, data
         try:
-            payload = await self._call(protocol.task_token(key) + f"-{next(self._seq)}", blob)
+            outcome = await self._call(protocol.task_token(key) + f"-{next(self._seq)}", parts,
+                                       key)
+            if isinstance(outcome, protocol.ObjectRef) and not self.locality:
+                outcome = await self._fetch(outcome, release=True)
         except DaskLambdaError as exc:
             return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start, delay)
         finally:
             self.stats.tasks += 1
-        header = payload.header
+        if isinstance(outcome, protocol.ObjectRef):  # the output stays in S3
+            self.stats.outputs_in_s3 += 1
+            self.stats.output_bytes_in_s3 += outcome.nbytes
+            return self._finished(outcome, outcome.size, _type_named(outcome.type), start, delay)
+        header = outcome.header
         if header["kind"] == "error":
-            exc = payload.load()
+            exc = outcome.load()
             if not isinstance(exc, BaseException):
                 exc = RemoteTaskError(f"{header['exc_text']} (raised in Lambda)")
             tb = None
@@ -161,32 +224,64 @@ class LambdaExecutor(concurrent.futures.Executor):
 
                 tb = tblib.Traceback.from_dict(header["traceback"]).as_traceback()
             return self._erred(key, exc, tb, header.get("traceback_text", ""), start, delay)
-        return self._finished(payload.load(), start, delay)
+        from dask.sizeof import sizeof
 
-    async def _call(self, token: str, blob: bytes) -> protocol.Payload:
-        """Send one job (with retries after crashes) and return its verified output."""
+        value = outcome.load()
+        return self._finished(value, sizeof(value), type(value) if value is not None else None,
+                              start, delay)
+
+    async def _call(self, token: str, parts: list,
+                    key: Any = None) -> protocol.Payload | protocol.ObjectRef:
+        """Send one job (with retries after crashes).
+
+        Returns the verified output when it came inline or is an error, else a reference to
+        the output object in S3.
+        """
+        nbytes = protocol.parts_size(parts)
         event: dict = {"op": "run", "bucket": self.layout.bucket,
                        "job_key": self.layout.job_key(token, 0), "inline_max": self.inline_max}
-        if len(blob) <= self.inline_max:
-            event["job"] = base64.b64encode(blob).decode()
+        if nbytes <= self.inline_max:
+            event["job"] = base64.b64encode(b"".join(parts)).decode()
             self.stats.inline_jobs += 1
         else:
-            await self.store.put(event["job_key"], blob)
+            await self.store.put(event["job_key"], parts)
             self.stats.s3_jobs += 1
-        self.stats.bytes_sent += len(blob)
-        del blob
+        self.stats.bytes_sent += nbytes
+        del parts
         try:
             response = await self._invoke_with_retries(token, event)
         finally:
             if "job" not in event:  # the job object is needed until the last attempt ends
                 self._garbage.append(event["job_key"])
+        self.invocations.append(dict(response.get("stats") or {}, key=str(key),
+                                     status=response["status"], nbytes=response["nbytes"]))
         if response.get("result") is not None:
-            out = base64.b64decode(response["result"])
-        else:
-            out = await self.store.get(response["result_key"])
-            self._garbage.append(response["result_key"])
-        self.stats.bytes_received += len(out)
-        return protocol.decode(out, self.signing_key)
+            blob = bytearray(base64.b64decode(response["result"]))
+            self.stats.bytes_received += len(blob)
+            return protocol.decode(blob, self.signing_key)
+        ref = protocol.ObjectRef(self.layout.bucket, response["result_key"], response["nbytes"],
+                                 response.get("size") or 0, response.get("type") or "")
+        if response["status"] == "error":
+            return await self._fetch(ref, release=True)
+        return ref
+
+    async def _fetch(self, ref: protocol.ObjectRef, *, release: bool) -> protocol.Payload:
+        """Download and verify an output object; ``release`` deletes it afterwards."""
+        blob = await self.store.get(ref.key, ref.bucket)
+        self.stats.bytes_received += len(blob)
+        if release:
+            self._garbage.append(ref.key)
+        return protocol.decode(blob, self.signing_key)
+
+    async def load(self, refs: Iterable[protocol.ObjectRef]) -> dict:
+        """Values of outputs kept in S3 (for the client's gather); the objects stay."""
+        refs = list(dict.fromkeys(refs))
+        payloads = await asyncio.gather(*(self._fetch(r, release=False) for r in refs))
+        return {r: p.load() for r, p in zip(refs, payloads)}
+
+    def release(self, ref: protocol.ObjectRef) -> None:
+        """The scheduler released the key holding ``ref``: its object can go."""
+        self._garbage.append(ref.key)
 
     async def _invoke_with_retries(self, token: str, event: dict) -> dict:
         for attempt in itertools.count():
@@ -204,12 +299,10 @@ class LambdaExecutor(concurrent.futures.Executor):
 
     # -- results in the worker's format (see distributed.worker._run_task_simple) ----------------
 
-    def _finished(self, value: Any, start: float, delay: float) -> dict:
-        from dask.sizeof import sizeof
-
-        return {"op": "task-finished", "status": "OK", "result": value,
-                "nbytes": sizeof(value), "type": type(value) if value is not None else None,
-                "start": start + delay, "stop": time() + delay, "thread": threading.get_ident()}
+    def _finished(self, value: Any, nbytes: int, typ: Any, start: float, delay: float) -> dict:
+        return {"op": "task-finished", "status": "OK", "result": value, "nbytes": nbytes,
+                "type": typ, "start": start + delay, "stop": time() + delay,
+                "thread": threading.get_ident()}
 
     def _erred(self, key: Any, exc: BaseException, tb: Any, tb_text: str,
                start: float, delay: float) -> dict:

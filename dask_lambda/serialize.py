@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections import ChainMap
 import types
 from typing import Any
 
@@ -29,34 +30,43 @@ def _installed_top_levels() -> frozenset[str]:
         "__main__", "builtins"}
 
 
-@functools.lru_cache(maxsize=4096)
-def _ship_by_value(module_name: str) -> bool:
-    top = module_name.partition(".")[0]
-    if top in _installed_top_levels() or module_name not in sys.modules:
-        return False
-    module = sys.modules[module_name]
-    if getattr(module, "__file__", None) is None:  # built-in or namespace package
-        return False
-    cloudpickle.register_pickle_by_value(module)
-    return True
+_seen_modules: set[str] = set()
+_modules_count = [0]
+
+
+def _register_local_modules() -> None:
+    """Mark every loaded module that is not installed to be pickled by value.
+
+    Runs only when new modules were imported since the last call, so the per-task cost is
+    one ``len(sys.modules)``; the pickling itself stays in cloudpickle's fast path.
+    """
+    if len(sys.modules) == _modules_count[0]:
+        return
+    _modules_count[0] = len(sys.modules)
+    installed = _installed_top_levels()
+    for name, module in list(sys.modules.items()):
+        if name in _seen_modules:
+            continue
+        _seen_modules.add(name)
+        if (name.partition(".")[0] not in installed and module is not None
+                and getattr(module, "__file__", None) is not None):
+            cloudpickle.register_pickle_by_value(module)
+
+
+def _code_reduce(obj: types.CodeType) -> Any:
+    # cloudpickle replaces the file name with "<dynamic-code>"; keep the real one so that a
+    # remote traceback points at the user's file as well as the line.
+    func, args = cloudpickle.cloudpickle._code_reduce(obj)
+    return func, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
 class _Pickler(cloudpickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.CodeType):
-            # cloudpickle replaces the file name with "<dynamic-code>"; keep the real one so
-            # a remote traceback points at the user's file and line.
-            func, args = cloudpickle.cloudpickle._code_reduce(obj)
-            return func, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
-        if isinstance(obj, (types.FunctionType, type)):
-            module = getattr(obj, "__module__", None)
-            if isinstance(module, str):
-                _ship_by_value(module)
-        return super().reducer_override(obj)
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
 
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` as job frames, shipping non-installed modules by value."""
+    _register_local_modules()
     return protocol.dumps_object(obj, pickler=_Pickler)
 
 

@@ -8,12 +8,26 @@ AWS error codes become typed errors here, keeping the request id.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, Iterable
+
+from dask_lambda_handler import protocol
 
 from .errors import ConfigurationError
 
 _MAX_POOL = 256
+
+
+async def _fill(body: Any, view: memoryview) -> None:
+    pos = 0
+    async with body as stream:
+        while pos < len(view):
+            chunk = await stream.read(min(len(view) - pos, 8 * 2**20))
+            if not chunk:
+                raise OSError(f"S3 object ended after {pos} of {len(view)} bytes")
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
 
 
 def _code(exc: Exception) -> str:
@@ -86,18 +100,70 @@ class S3Store:
                 ) from None
             raise
 
-    async def put(self, key: str, body: bytes) -> None:
-        self.requests += 1
-        self.bytes_up += len(body)
-        await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+    async def put(self, key: str, parts: list) -> int:
+        """Upload buffers as one object without joining them; large ones in parallel parts."""
+        total = protocol.parts_size(parts)
+        self.bytes_up += total
+        if total <= protocol.MULTIPART_THRESHOLD:
+            self.requests += 1
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
+            return total
+        self.requests += 2
+        upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = upload["UploadId"]
+        slots = asyncio.Semaphore(protocol.TRANSFER_CONCURRENCY)
 
-    async def get(self, key: str) -> bytes:
+        async def send(number: int, chunk: Any) -> dict:
+            try:
+                self.requests += 1
+                resp = await self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=bytes(chunk))
+                return {"PartNumber": number, "ETag": resp["ETag"]}
+            finally:
+                slots.release()
+
+        try:
+            pending = []
+            for number, chunk in enumerate(
+                    protocol.iter_chunks(parts, protocol.part_size_for(total)), 1):
+                await slots.acquire()  # at most TRANSFER_CONCURRENCY parts in memory
+                pending.append(asyncio.ensure_future(send(number, chunk)))
+            done = await asyncio.gather(*pending)
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": list(done)})
+        except BaseException:
+            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                     UploadId=upload_id)
+            raise
+        return total
+
+    async def get(self, key: str, bucket: str | None = None) -> bytearray:
+        """Download an object into a writable buffer; large ones in parallel byte ranges."""
+        bucket = bucket or self.bucket
         self.requests += 1
-        resp = await self.client.get_object(Bucket=self.bucket, Key=key)
-        async with resp["Body"] as stream:
-            data = await stream.read()
-        self.bytes_down += len(data)
-        return data
+        head = await self.client.get_object(Bucket=bucket, Key=key)
+        total = head["ContentLength"]
+        out = bytearray(total)
+        view = memoryview(out)
+        if total <= protocol.MULTIPART_THRESHOLD:
+            await _fill(head["Body"], view)
+        else:
+            head["Body"].close()
+            slots = asyncio.Semaphore(protocol.TRANSFER_CONCURRENCY)
+
+            async def fetch(start: int, stop: int) -> None:
+                async with slots:
+                    self.requests += 1
+                    resp = await self.client.get_object(Bucket=bucket, Key=key,
+                                                        Range=f"bytes={start}-{stop - 1}")
+                    await _fill(resp["Body"], view[start:stop])
+
+            await asyncio.gather(*(fetch(a, b) for a, b in
+                                   protocol.byte_ranges(total, protocol.PART_SIZE)))
+        self.bytes_down += total
+        return out
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -179,16 +179,92 @@ def dumps_object(obj: Any, pickler: Any = None) -> list:
     return [f.getbuffer()] + [b.raw() for b in buffers]
 
 
-def encode(header: dict, frames: Iterable, key: bytes) -> bytes:
-    """Build a signed payload from a header and frames."""
-    frames = [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
+def encode_parts(header: dict, frames: Iterable, key: bytes) -> list:
+    """A signed payload as a list of buffers, without joining them (no copy of large frames)."""
+    frames = [f if isinstance(f, bytes) else memoryview(f).cast("B") for f in frames]
     header = dict(header, v=PROTOCOL_VERSION, lengths=[len(f) for f in frames])
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     body = [_LEN.pack(len(hbytes)), hbytes, *frames]
     mac = hmac.new(key, digestmod=_DIGEST)
     for part in body:
         mac.update(part)
-    return b"".join([MAGIC, mac.digest(), *body])
+    return [MAGIC + mac.digest(), *body]
+
+
+def encode(header: dict, frames: Iterable, key: bytes) -> bytes:
+    """A signed payload as one bytes object (for small payloads)."""
+    return b"".join(encode_parts(header, frames, key))
+
+
+def parts_size(parts: Iterable) -> int:
+    return sum(len(p) for p in parts)
+
+
+def iter_chunks(parts: Iterable, size: int) -> Iterable:
+    """Re-cut buffers into chunks of ``size`` bytes (the last may be shorter).
+
+    A chunk inside one buffer is a zero-copy view; only chunks that straddle buffers are
+    copied, so memory stays bounded by one chunk.
+    """
+    pending: list = []
+    have = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while len(view):
+            if not pending and len(view) >= size:
+                yield view[:size]
+                view = view[size:]
+                continue
+            take = view[: size - have]
+            pending.append(take)
+            have += len(take)
+            view = view[len(take):]
+            if have == size:
+                yield b"".join(pending)
+                pending, have = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def byte_ranges(total: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` cutting ``total`` bytes into ranges of ``size``."""
+    return [(i, min(total, i + size)) for i in range(0, total, size)] or [(0, 0)]
+
+
+#: Objects above this size are uploaded in parts and downloaded in ranges, in parallel.
+MULTIPART_THRESHOLD = 32 * 2**20
+#: Part and range size (S3 needs at least 5 MB per part; at most 10,000 parts).
+PART_SIZE = 16 * 2**20
+#: Parts moved at once per object.
+TRANSFER_CONCURRENCY = 8
+
+
+def part_size_for(total: int) -> int:
+    """A part size that keeps ``total`` within S3's 10,000 parts."""
+    return max(PART_SIZE, -(-total // 10_000))
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A task output that stays in S3: what the gateway holds instead of the value.
+
+    Attributes
+    ----------
+    bucket, key
+        Where the encoded output is.
+    nbytes
+        Size of the encoded object.
+    size
+        ``dask.sizeof`` of the value (what the scheduler is told).
+    type
+        ``module.qualname`` of the value's type.
+    """
+
+    bucket: str
+    key: str
+    nbytes: int
+    size: int
+    type: str
 
 
 def decode(data: bytes | bytearray | memoryview, key: bytes) -> Payload:

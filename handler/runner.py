@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from . import protocol
+from . import protocol, s3io
 
 _COLD = True
 _S3: Any = None
@@ -151,6 +151,61 @@ def _error_payload(exc: BaseException) -> tuple[dict, list]:
     return header, frames
 
 
+def _resolve(args: tuple) -> tuple:
+    """Replace `ObjectRef` inputs (top-level, or values of a top-level dict) by their values."""
+    refs: dict = {}
+    for a in args:
+        for v in (a.values() if isinstance(a, dict) else (a,)):
+            if isinstance(v, protocol.ObjectRef):
+                refs[v] = None
+    if not refs:
+        return args
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = _signing_key()
+
+    def load(ref: protocol.ObjectRef) -> Any:
+        return protocol.decode(s3io.get(_s3(), ref.bucket, ref.key), key).load(_find_class)
+
+    with ThreadPoolExecutor(min(16, len(refs))) as pool:
+        values = dict(zip(refs, pool.map(load, refs)))
+
+    def swap(v: Any) -> Any:
+        return values[v] if isinstance(v, protocol.ObjectRef) else v
+
+    return tuple({k: swap(v) for k, v in a.items()} if isinstance(a, dict) else swap(a)
+                 for a in args)
+
+
+def _sizeof(value: Any) -> int:
+    try:
+        from dask.sizeof import sizeof
+    except ImportError:  # a plain (non-Dask) job
+        return sys.getsizeof(value)
+    return int(sizeof(value))
+
+
+def _failed(exc: BaseException) -> tuple:
+    header, frames = _error_payload(exc)
+    return "error", header, frames, 0, None
+
+
+def _execute(func: Any, args: tuple, kwargs: dict) -> tuple:
+    """Run the task: (status, header, frames, sizeof, type name) of its output or error."""
+    try:
+        result = func(*args, **kwargs)
+    except Exception as exc:
+        return _failed(exc)
+    try:
+        frames = protocol.dumps_object(result)
+    except Exception as exc:
+        return _failed(TypeError(
+            f"the task's result of type {type(result).__name__} cannot be pickled to send it "
+            f"back from Lambda: {exc}"))
+    typename = f"{type(result).__module__}.{type(result).__qualname__}"
+    return "ok", {"kind": "result", "type": typename}, frames, _sizeof(result), typename
+
+
 def _run(event: dict, context: Any) -> dict:
     global _COLD
     cold, _COLD = _COLD, False
@@ -158,9 +213,9 @@ def _run(event: dict, context: Any) -> dict:
     key = _signing_key()
     bucket = event["bucket"]
     if event.get("job") is not None:
-        raw = base64.b64decode(event["job"])
+        raw = bytearray(base64.b64decode(event["job"]))
     else:
-        raw = _s3().get_object(Bucket=bucket, Key=event["job_key"])["Body"].read()
+        raw = s3io.get(_s3(), bucket, event["job_key"])
     job = protocol.decode(raw, key)
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
@@ -168,25 +223,14 @@ def _run(event: dict, context: Any) -> dict:
 
     try:
         func, args, kwargs = job.load(find_class=_find_class)
-        del raw, job
-        result = func(*args, **kwargs)
-    except Exception as exc:
-        status = "error"
-        header, frames = _error_payload(exc)
+    except Exception as exc:  # e.g. a module the task needs is not installed here
+        status, header, frames, size, typename = _failed(exc)
     else:
-        status = "ok"
-        try:
-            frames = protocol.dumps_object(result)
-        except Exception as exc:
-            status = "error"
-            wrapped = TypeError(
-                f"the task's result of type {type(result).__name__} cannot be pickled to send "
-                f"it back from Lambda: {exc}"
-            )
-            header, frames = _error_payload(wrapped)
-        else:
-            header = {"kind": "result", "type": f"{type(result).__module__}.{type(result).__qualname__}"}
-        del result
+        del raw, job
+        args = _resolve(args)  # a missing input raises out of the handler: not the task's fault
+        t1 = time.time()
+        status, header, frames, size, typename = _execute(func, args, kwargs)
+        del func, args, kwargs
     t2 = time.time()
 
     stats = {
@@ -197,17 +241,25 @@ def _run(event: dict, context: Any) -> dict:
         "pid": os.getpid(),
     }
     header["stats"] = stats
-    blob = protocol.encode(header, frames, key)
-    del frames
-    response: dict = {"status": status, "nbytes": len(blob), "stats": stats,
-                      "result": None, "result_key": None}
-    if len(blob) <= int(event.get("inline_max", 0)):
-        response["result"] = base64.b64encode(blob).decode()
+    parts = protocol.encode_parts(header, frames, key)
+    nbytes = protocol.parts_size(parts)
+    response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
+                      "stats": stats, "result": None, "result_key": None}
+    if nbytes <= int(event.get("inline_max", 0)):
+        response["result"] = base64.b64encode(b"".join(parts)).decode()
     else:
-        _s3().put_object(Bucket=bucket, Key=event["result_key"], Body=blob)
+        s3io.put(_s3(), bucket, event["result_key"], parts)
         response["result_key"] = event["result_key"]
+    del parts, frames
     stats["write_s"] = time.time() - t2
+    stats["peak_rss_mb"] = _peak_rss_mb()
     return response
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
 def handle(event: dict, context: Any) -> dict:
