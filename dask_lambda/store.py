@@ -44,14 +44,18 @@ class S3Store:
     endpoint_url, region, credentials
         Passed to the client; ``None`` means boto's normal resolution
         (environment, profile, ``AWS_ENDPOINT_URL``).
+    transfer_concurrency
+        Parts or ranges of one large object moved at once.
     """
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None,
-                 region: str | None = None, credentials: dict | None = None):
+                 region: str | None = None, credentials: dict | None = None,
+                 transfer_concurrency: int = protocol.TRANSFER_CONCURRENCY):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
         self.credentials = credentials or {}
+        self.transfer_concurrency = max(1, transfer_concurrency)
         self._stack: contextlib.AsyncExitStack | None = None
         self.client: Any = None
         self.bytes_up = 0
@@ -111,7 +115,7 @@ class S3Store:
         self.requests += 2
         upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = upload["UploadId"]
-        slots = asyncio.Semaphore(protocol.TRANSFER_CONCURRENCY)
+        slots = asyncio.Semaphore(self.transfer_concurrency)
 
         async def send(number: int, chunk: Any) -> dict:
             try:
@@ -127,7 +131,7 @@ class S3Store:
             pending = []
             for number, chunk in enumerate(
                     protocol.iter_chunks(parts, protocol.part_size_for(total)), 1):
-                await slots.acquire()  # at most TRANSFER_CONCURRENCY parts in memory
+                await slots.acquire()  # at most transfer_concurrency parts in memory
                 pending.append(asyncio.ensure_future(send(number, chunk)))
             done = await asyncio.gather(*pending)
             await self.client.complete_multipart_upload(
@@ -147,11 +151,11 @@ class S3Store:
         total = head["ContentLength"]
         out = bytearray(total)
         view = memoryview(out)
-        if total <= protocol.MULTIPART_THRESHOLD:
+        if total <= protocol.MULTIPART_THRESHOLD or self.transfer_concurrency == 1:
             await _fill(head["Body"], view)
         else:
             head["Body"].close()
-            slots = asyncio.Semaphore(protocol.TRANSFER_CONCURRENCY)
+            slots = asyncio.Semaphore(self.transfer_concurrency)
 
             async def fetch(start: int, stop: int) -> None:
                 async with slots:

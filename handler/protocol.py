@@ -235,8 +235,10 @@ def byte_ranges(total: int, size: int) -> list[tuple[int, int]]:
 MULTIPART_THRESHOLD = 32 * 2**20
 #: Part and range size (S3 needs at least 5 MB per part; at most 10,000 parts).
 PART_SIZE = 16 * 2**20
-#: Parts moved at once per object.
+#: Parts moved at once per object. A local S3 server gains nothing from parallel parts, and
+#: moto reads a whole object for each ranged GET: the local backend sets 1 through this variable.
 TRANSFER_CONCURRENCY = 8
+TRANSFER_CONCURRENCY_ENV = "DASK_LAMBDA_TRANSFER_CONCURRENCY"
 
 
 def part_size_for(total: int) -> int:

@@ -78,6 +78,10 @@ def _s3() -> Any:
     return _S3
 
 
+def _transfer_concurrency() -> int:
+    return int(os.environ.get(protocol.TRANSFER_CONCURRENCY_ENV, protocol.TRANSFER_CONCURRENCY))
+
+
 def _signing_key() -> bytes:
     value = os.environ.get(protocol.SIGNING_KEY_ENV)
     if not value:
@@ -165,7 +169,8 @@ def _resolve(args: tuple) -> tuple:
     key = _signing_key()
 
     def load(ref: protocol.ObjectRef) -> Any:
-        return protocol.decode(s3io.get(_s3(), ref.bucket, ref.key), key).load(_find_class)
+        return protocol.decode(s3io.get(_s3(), ref.bucket, ref.key,
+                                         _transfer_concurrency()), key).load(_find_class)
 
     with ThreadPoolExecutor(min(16, len(refs))) as pool:
         values = dict(zip(refs, pool.map(load, refs)))
@@ -215,7 +220,7 @@ def _run(event: dict, context: Any) -> dict:
     if event.get("job") is not None:
         raw = bytearray(base64.b64decode(event["job"]))
     else:
-        raw = s3io.get(_s3(), bucket, event["job_key"])
+        raw = s3io.get(_s3(), bucket, event["job_key"], _transfer_concurrency())
     job = protocol.decode(raw, key)
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
@@ -248,7 +253,7 @@ def _run(event: dict, context: Any) -> dict:
     if nbytes <= int(event.get("inline_max", 0)):
         response["result"] = base64.b64encode(b"".join(parts)).decode()
     else:
-        s3io.put(_s3(), bucket, event["result_key"], parts)
+        s3io.put(_s3(), bucket, event["result_key"], parts, _transfer_concurrency())
         response["result_key"] = event["result_key"]
     del parts, frames
     stats["write_s"] = time.time() - t2

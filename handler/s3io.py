@@ -16,13 +16,14 @@ from typing import Any, Iterable
 from . import protocol
 
 
-def get(client: Any, bucket: str, key: str) -> bytearray:
-    """Download an object into a writable buffer."""
+def get(client: Any, bucket: str, key: str, concurrency: int = protocol.TRANSFER_CONCURRENCY
+        ) -> bytearray:
+    """Download an object into a writable buffer (in parallel ranges if ``concurrency`` > 1)."""
     head = client.get_object(Bucket=bucket, Key=key)
     total = head["ContentLength"]
     out = bytearray(total)
     view = memoryview(out)
-    if total <= protocol.MULTIPART_THRESHOLD:
+    if total <= protocol.MULTIPART_THRESHOLD or concurrency <= 1:
         _fill(head["Body"], view)
         return out
     head["Body"].close()
@@ -33,7 +34,7 @@ def get(client: Any, bucket: str, key: str) -> bytearray:
         resp = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
         _fill(resp["Body"], view[start:stop])
 
-    with ThreadPoolExecutor(protocol.TRANSFER_CONCURRENCY) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(fetch, ranges))
     return out
 
@@ -49,8 +50,9 @@ def _fill(body: Any, view: memoryview) -> None:
     body.close()
 
 
-def put(client: Any, bucket: str, key: str, parts: list) -> int:
-    """Upload buffers as one object; returns its size."""
+def put(client: Any, bucket: str, key: str, parts: list,
+        concurrency: int = protocol.TRANSFER_CONCURRENCY) -> int:
+    """Upload buffers as one object (in parallel parts when large); returns its size."""
     total = protocol.parts_size(parts)
     if total <= protocol.MULTIPART_THRESHOLD:
         client.put_object(Bucket=bucket, Key=key, Body=b"".join(parts))
@@ -65,7 +67,7 @@ def put(client: Any, bucket: str, key: str, parts: list) -> int:
                                       PartNumber=number, Body=bytes(chunk))["ETag"]
             return {"PartNumber": number, "ETag": etag}
 
-        with ThreadPoolExecutor(protocol.TRANSFER_CONCURRENCY) as pool:
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
             done = list(_bounded_map(pool, send, enumerate(chunks, 1)))
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                          MultipartUpload={"Parts": done})

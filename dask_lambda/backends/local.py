@@ -24,6 +24,8 @@ import time
 import uuid
 from typing import Any
 
+from dask_lambda_handler import protocol
+
 from ..errors import (
     ConfigurationError,
     FunctionError,
@@ -130,7 +132,7 @@ class LocalBackend(Backend):
     @property
     def s3_options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint, "region": self.region,
-                "credentials": dict(_CREDENTIALS)}
+                "credentials": dict(_CREDENTIALS), "transfer_concurrency": 1}
 
     def client_environment(self) -> dict[str, str]:
         assert self.endpoint is not None
@@ -198,6 +200,7 @@ class LocalBackend(Backend):
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.memory),
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.settings.timeout),
             "TMPDIR": directory,
+            protocol.TRANSFER_CONCURRENCY_ENV: "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
         return env
