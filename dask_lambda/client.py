@@ -42,8 +42,9 @@ class LambdaClient(Client):
     ...     df.groupby("name").x.mean().compute()
     """
 
-    _CLUSTER_ARGS = ("inline_max", "retries", "locality", "local_s3_endpoint",
-                     "dashboard_address", "loop")
+    _CLUSTER_ARGS = ("inline_max", "retries", "locality", "max_output", "oom_retry_memory",
+                     "cost_budget", "local_faults", "local_s3_endpoint", "dashboard_address",
+                     "loop")
 
     def __init__(self, bucket: str | None = None, *, backend: str | None = None,
                  concurrency: int | None = None, memory: int | None = None,
@@ -90,6 +91,10 @@ class LambdaClient(Client):
             if getattr(self, "_task_based", None) is not None:
                 self._task_based.__exit__(None, None, None)
                 self._task_based = None
+
+    def cost_report(self) -> dict:
+        """What this client's Lambda work cost so far: invocations, GB-seconds, S3, dollars."""
+        return self.cluster.cost_report()
 
     def lambda_stats(self) -> dict:
         """Counters of this client's Lambda work: tasks, invocations, cold starts, retries, bytes."""

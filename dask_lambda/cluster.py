@@ -7,11 +7,13 @@ worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import secrets
 import tempfile
+import time
 import uuid
 from typing import Any
 
@@ -19,7 +21,8 @@ from distributed import Scheduler, Worker
 from distributed.deploy.spec import SpecCluster
 from dask_lambda_handler import protocol
 
-from . import config
+from . import config, runs
+from .cost import CostMeter
 from .backends.base import Backend, FunctionSettings
 from .errors import ConfigurationError
 from .executor import LambdaExecutor
@@ -73,8 +76,11 @@ class LambdaCluster(SpecCluster):
         ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``.
     backend
         ``"local"`` or ``"aws"``; default ``lambda.backend``.
-    concurrency, memory, timeout, inline_max, retries, locality
+    concurrency, memory, timeout, inline_max, retries, locality, max_output, \
+    oom_retry_memory, cost_budget
         See the ``lambda`` configuration schema; defaults from ``dask.config``.
+    local_faults
+        Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
     local_s3_endpoint
         Local backend: use this S3 endpoint instead of starting a moto server.
     dashboard_address
@@ -87,6 +93,8 @@ class LambdaCluster(SpecCluster):
                  concurrency: int | None = None, memory: int | None = None,
                  timeout: float | None = None, inline_max: int | None = None,
                  retries: int | None = None, locality: bool | None = None,
+                 max_output: int | None = None, oom_retry_memory: int | None = None,
+                 cost_budget: float | None = None, local_faults: Any = None,
                  local_s3_endpoint: str | None = None,
                  dashboard_address: str | None = None, asynchronous: bool = False,
                  loop: Any = None):
@@ -122,7 +130,7 @@ class LambdaCluster(SpecCluster):
 
         self.backend: Backend = LocalBackend(
             settings, s3_endpoint=config.get("local.s3-endpoint", local_s3_endpoint),
-            python=config.get("local.python"))
+            python=config.get("local.python"), faults=local_faults)
         self._own_bucket = config.get("local.s3-endpoint", local_s3_endpoint) is None
         self.store: S3Store | None = None
         self.executor: LambdaExecutor | None = None
@@ -130,6 +138,24 @@ class LambdaCluster(SpecCluster):
         self._inline_max = _positive_int("inline_max", config.get("inline-max", inline_max), 0)
         self._retries = _positive_int("retries", config.get("retries", retries), 0)
         self._locality = bool(config.get("locality", locality))
+        self._max_output = config.get("max-output", max_output)
+        if self._max_output is not None:
+            self._max_output = _positive_int("max_output", self._max_output)
+        self._oom_retry_memory = config.get("oom-retry-memory", oom_retry_memory)
+        if self._oom_retry_memory is not None and not (
+                settings.memory < int(self._oom_retry_memory) <= 10240):
+            raise ConfigurationError(
+                f"oom_retry_memory={self._oom_retry_memory} must be more than memory="
+                f"{settings.memory} and at most 10240 MB: e.g. "
+                f"LambdaClient(..., oom_retry_memory={min(10240, settings.memory * 2)})")
+        budget = config.get("cost-budget", cost_budget)
+        if budget is not None and not float(budget) > 0:
+            raise ConfigurationError(
+                f"cost_budget must be a positive number of dollars, not {budget!r}: e.g. "
+                "LambdaClient(..., cost_budget=5.0)")
+        self.cost = CostMeter(settings.memory, None if budget is None else float(budget))
+        self._heartbeat_task: Any = None
+        self.stale_runs_removed: dict[str, int] = {}
         self._saved_env: dict[str, str | None] = {}
         self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
 
@@ -148,10 +174,16 @@ class LambdaCluster(SpecCluster):
             self.store = S3Store(self.bucket, **self.backend.s3_options)
             await self.store.start()
             await self.store.check_bucket(create=self.backend.name == "local")
+            await runs.write_marker(self.store, self.layout, time.time())
+            self.stale_runs_removed = await runs.cleanup_stale_runs(
+                self.store, self.layout, float(config.get("stale-after")))
+            self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
                 self.backend, self.store, self.layout, signing_key=self.settings.signing_key,
-                inline_max=self._inline_max, retries=self._retries, locality=self._locality)
+                inline_max=self._inline_max, retries=self._retries, locality=self._locality,
+                max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
+                cost=self.cost)
             self.worker_spec = {"lambda-gateway": {"cls": Worker, "options": {
                 "nthreads": self.settings.concurrency, "executor": self.executor,
                 "memory_limit": 0, "data": self.executor.data,
@@ -168,8 +200,21 @@ class LambdaCluster(SpecCluster):
         finally:
             await self._release()
 
+    async def _heartbeat(self) -> None:
+        started = time.time()
+        while True:
+            await asyncio.sleep(float(config.get("heartbeat")))
+            if self.store is not None:
+                try:
+                    await runs.write_marker(self.store, self.layout, started)
+                except Exception:  # a missed beat is harmless; the next one may succeed
+                    pass
+
     async def _release(self) -> None:
         """Delete the run's objects and stop what the backend started (idempotent)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
         try:
             if self.executor is not None:
                 executor, self.executor = self.executor, None
@@ -177,7 +222,10 @@ class LambdaCluster(SpecCluster):
                 await executor.close()
             if self.store is not None:
                 store, self.store = self.store, None
-                await store.close()
+                try:
+                    await store.delete([self.layout.run_marker])
+                finally:
+                    await store.close()
         finally:
             await self.backend.close()
             self._restore_environment()
@@ -215,6 +263,13 @@ class LambdaCluster(SpecCluster):
         out = asdict(stats) if stats is not None else {}
         out.update(invocations=self.backend.invocations, cold_starts=self.backend.cold_starts)
         return out
+
+    def cost_report(self) -> dict:
+        """Invocations, billed GB-seconds, S3 requests and the dollar estimate so far."""
+        report = self.cost.report()
+        store = self.store
+        report["client_s3_requests"] = store.requests if store is not None else None
+        return report
 
 
 def _clear_fs_caches() -> None:

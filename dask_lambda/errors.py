@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from dask_lambda_handler.errors import (  # noqa: F401  (raised on the Lambda side)
+    InputLostError,
+    NotAvailableInLambda,
+    OutputTooLargeError,
+    S3PermissionError,
+)
+
 
 class DaskLambdaError(Exception):
     """Base class of every error dask-lambda raises itself."""
@@ -43,3 +50,19 @@ class FunctionError(DaskLambdaError):
 
 class RemoteTaskError(DaskLambdaError):
     """A task raised an exception that could not be pickled back; carries its type and text."""
+
+
+class LambdaThrottledError(DaskLambdaError):
+    """Lambda refused invocations (429 TooManyRequests) for longer than the backoff allows."""
+
+
+class ResultLostError(DaskLambdaError):
+    """A task's output object disappeared from S3 before it was read."""
+
+
+class BudgetExceededError(DaskLambdaError):
+    """Dispatching more work would pass the client's cost budget."""
+
+
+class PermissionDeniedError(DaskLambdaError, PermissionError):
+    """AWS refused an action; the message names the permission that is missing."""

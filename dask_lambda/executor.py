@@ -21,6 +21,7 @@ import asyncio
 import base64
 import concurrent.futures
 import itertools
+import random
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, MutableMapping
@@ -32,10 +33,27 @@ from dask_lambda_handler import protocol
 
 from . import serialize
 from .backends.base import Backend
-from .errors import DaskLambdaError, HandlerCrashedError, RemoteTaskError
+from .cost import CostMeter, billed_ms
+from .errors import (
+    DaskLambdaError,
+    HandlerCrashedError,
+    LambdaOutOfMemoryError,
+    LambdaThrottledError,
+    RemoteTaskError,
+    ResultLostError,
+)
 from .store import S3Store
 
 _GC_INTERVAL = 1.0
+_THROTTLE_RETRIES = 10  # a throttled invoke is retried this often, backing off, before failing
+_THROTTLE_BASE = 0.05
+_THROTTLE_CAP = 5.0
+_ADVICE = {
+    HandlerCrashedError: " If the task kills its process (os._exit, a crashing C extension), "
+                         "fix that; otherwise raise LambdaClient(..., retries=N).",
+    ResultLostError: " Something deletes objects under the bucket's results/ prefix while "
+                     "the computation runs: stop it, or lengthen the lifecycle expiry.",
+}
 
 
 @dataclass
@@ -49,7 +67,10 @@ class ExecutorStats:
     errors
         Tasks that ended in an error.
     retries
-        Extra attempts after an execution environment crashed.
+        Extra attempts after an execution environment crashed, an output was lost, or an
+        out-of-memory task was given more memory.
+    throttled
+        Invocations refused with 429 and retried after a backoff.
     inline_jobs, s3_jobs
         Jobs sent in the invoke request / as S3 objects.
     bytes_sent, bytes_received
@@ -61,6 +82,7 @@ class ExecutorStats:
     tasks: int = 0
     errors: int = 0
     retries: int = 0
+    throttled: int = 0
     inline_jobs: int = 0
     s3_jobs: int = 0
     bytes_sent: int = 0
@@ -132,10 +154,19 @@ class LambdaExecutor(concurrent.futures.Executor):
         Further attempts when an execution environment crashes.
     locality
         Keep outputs above ``inline_max`` in S3 (True) or download every output (False).
+    max_output
+        Largest encoded output a task may return, in bytes (``None``: no limit).
+    oom_retry_memory
+        Retry a task killed for memory once with this much memory (MB), where the backend
+        can; ``None``: no retry.
+    cost
+        Accumulates billable usage and enforces the budget.
     """
 
     def __init__(self, backend: Backend, store: S3Store, layout: protocol.Layout, *,
-                 signing_key: bytes, inline_max: int, retries: int, locality: bool = True):
+                 signing_key: bytes, inline_max: int, retries: int, locality: bool = True,
+                 max_output: int | None = None, oom_retry_memory: int | None = None,
+                 cost: CostMeter | None = None):
         self.backend = backend
         self.store = store
         self.layout = layout
@@ -143,6 +174,9 @@ class LambdaExecutor(concurrent.futures.Executor):
         self.inline_max = inline_max
         self.retries = retries
         self.locality = locality
+        self.max_output = max_output
+        self.oom_retry_memory = oom_retry_memory
+        self.cost = cost or CostMeter(backend.settings.memory)
         self.data = LambdaData(self.release)
         #: What the handler reported for recent invocations (request id, cold, timings, peak memory).
         self.invocations: deque[dict] = deque(maxlen=10_000)
@@ -203,8 +237,6 @@ class LambdaExecutor(concurrent.futures.Executor):
         try:
             outcome = await self._call(protocol.task_token(key) + f"-{next(self._seq)}", parts,
                                        key)
-            if isinstance(outcome, protocol.ObjectRef) and not self.locality:
-                outcome = await self._fetch(outcome, release=True)
         except DaskLambdaError as exc:
             return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start, delay)
         finally:
@@ -232,14 +264,17 @@ class LambdaExecutor(concurrent.futures.Executor):
 
     async def _call(self, token: str, parts: list,
                     key: Any = None) -> protocol.Payload | protocol.ObjectRef:
-        """Send one job (with retries after crashes).
+        """Send one job, with bounded retries, and return its outcome.
 
         Returns the verified output when it came inline or is an error, else a reference to
-        the output object in S3.
+        the output object in S3. Each attempt writes to its own result key, so a late or
+        duplicated attempt can never overwrite the output that was accepted.
         """
         nbytes = protocol.parts_size(parts)
         event: dict = {"op": "run", "bucket": self.layout.bucket,
                        "job_key": self.layout.job_key(token, 0), "inline_max": self.inline_max}
+        if self.max_output is not None:
+            event["max_output"] = self.max_output
         if nbytes <= self.inline_max:
             event["job"] = base64.b64encode(b"".join(parts)).decode()
             self.stats.inline_jobs += 1
@@ -248,26 +283,79 @@ class LambdaExecutor(concurrent.futures.Executor):
             self.stats.s3_jobs += 1
         self.stats.bytes_sent += nbytes
         del parts
+        memory = None
         try:
-            response = await self._invoke_with_retries(token, event)
+            for attempt in itertools.count():
+                event["result_key"] = self.layout.result_key(token, attempt)
+                try:
+                    response = await self._invoke(event, key, memory)
+                    return await self._outcome(response)
+                except (HandlerCrashedError, ResultLostError) as exc:
+                    if attempt >= self.retries:
+                        raise type(exc)(f"{exc} Gave up after {attempt + 1} attempts "
+                                        f"(retries={self.retries}).{_ADVICE[type(exc)]}") from None
+                except LambdaOutOfMemoryError:
+                    bigger = self.oom_retry_memory
+                    if memory is not None or not bigger or bigger <= self.backend.settings.memory:
+                        raise
+                    if not self.backend.supports_memory_override:
+                        raise
+                    memory = bigger
+                self.stats.retries += 1
         finally:
             if "job" not in event:  # the job object is needed until the last attempt ends
                 self._garbage.append(event["job_key"])
-        self.invocations.append(dict(response.get("stats") or {}, key=str(key),
-                                     status=response["status"], nbytes=response["nbytes"]))
+        raise AssertionError("unreachable")
+
+    async def _invoke(self, event: dict, key: Any, memory: int | None) -> dict:
+        """One invocation: budget check, then backoff and retry while Lambda throttles."""
+        for throttled in itertools.count():
+            self.cost.reserve(f"task {key!r}")
+            try:
+                response = await (self.backend.invoke(event, memory=memory) if memory
+                                  else self.backend.invoke(event))
+            except LambdaThrottledError:
+                self.cost.cancel()
+                if throttled >= _THROTTLE_RETRIES:
+                    raise LambdaThrottledError(
+                        f"Lambda throttled this task {throttled + 1} times in a row (429 "
+                        "TooManyRequests). Lower the concurrency, e.g. LambdaClient(..., "
+                        "concurrency=100), or ask AWS to raise the account's concurrency "
+                        "limit.") from None
+                self.stats.throttled += 1
+                await asyncio.sleep(min(_THROTTLE_CAP, _THROTTLE_BASE * 2**throttled)
+                                    * (0.5 + random.random()))
+                continue
+            except BaseException:
+                self.cost.settle(0)  # a failed invocation is billed too; its duration is unknown
+                raise
+            stats = response.get("stats") or {}
+            self.cost.settle(billed_ms(stats.get("duration_s", 0.0)),
+                             s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
+            self.invocations.append(dict(stats, key=str(key), status=response["status"],
+                                         nbytes=response["nbytes"]))
+            return response
+        raise AssertionError("unreachable")
+
+    async def _outcome(self, response: dict) -> protocol.Payload | protocol.ObjectRef:
         if response.get("result") is not None:
             blob = bytearray(base64.b64decode(response["result"]))
             self.stats.bytes_received += len(blob)
             return protocol.decode(blob, self.signing_key)
         ref = protocol.ObjectRef(self.layout.bucket, response["result_key"], response["nbytes"],
                                  response.get("size") or 0, response.get("type") or "")
-        if response["status"] == "error":
+        if response["status"] == "error" or not self.locality:
             return await self._fetch(ref, release=True)
         return ref
 
     async def _fetch(self, ref: protocol.ObjectRef, *, release: bool) -> protocol.Payload:
         """Download and verify an output object; ``release`` deletes it afterwards."""
-        blob = await self.store.get(ref.key, ref.bucket)
+        try:
+            blob = await self.store.get(ref.key, ref.bucket)
+        except FileNotFoundError:
+            raise ResultLostError(
+                f"the output object s3://{ref.bucket}/{ref.key} was deleted before it was read "
+                "(by hand, or by a lifecycle rule shorter than the computation).") from None
         self.stats.bytes_received += len(blob)
         if release:
             self._garbage.append(ref.key)
@@ -282,20 +370,6 @@ class LambdaExecutor(concurrent.futures.Executor):
     def release(self, ref: protocol.ObjectRef) -> None:
         """The scheduler released the key holding ``ref``: its object can go."""
         self._garbage.append(ref.key)
-
-    async def _invoke_with_retries(self, token: str, event: dict) -> dict:
-        for attempt in itertools.count():
-            event["result_key"] = self.layout.result_key(token, attempt)
-            try:
-                return await self.backend.invoke(event)
-            except HandlerCrashedError as exc:
-                if attempt >= self.retries:
-                    raise HandlerCrashedError(
-                        f"{exc} Gave up after {attempt + 1} attempts (retries={self.retries}). "
-                        "If the task kills its process (os._exit, a crashing C extension), fix "
-                        "that; otherwise raise LambdaClient(..., retries=N).") from None
-                self.stats.retries += 1
-        raise AssertionError("unreachable")
 
     # -- results in the worker's format (see distributed.worker._run_task_simple) ----------------
 

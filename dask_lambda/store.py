@@ -169,13 +169,17 @@ class S3Store:
         self.bytes_down += total
         return out
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+    async def list_objects(self, prefix: str) -> list[dict]:
+        """Every object under ``prefix`` (``Key``, ``LastModified``, ``Size``...)."""
+        found: list[dict] = []
         paginator = self.client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             self.requests += 1
-            keys.extend(o["Key"] for o in page.get("Contents", ()))
-        return keys
+            found.extend(page.get("Contents", ()))
+        return found
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return [o["Key"] for o in await self.list_objects(prefix)]
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete keys, 1,000 per request (S3's limit)."""

@@ -8,6 +8,7 @@ Key layout, under the user's prefix ``P`` (may be empty)::
 
     P/jobs/<run>/<task-token>-a<attempt>.job       job objects (the S3-trigger filter is P/jobs/)
     P/results/<run>/<task-token>-a<attempt>.out    outputs and errors
+    P/runs/<run>.json                              a live client's marker, rewritten as heartbeat
 
 A *run* is one client's lifetime; everything it wrote lives below its run id,
 so clean-up is "delete two prefixes".  Keys include the attempt number, so a
@@ -45,6 +46,7 @@ _LEN = struct.Struct(">I")
 
 JOBS = "jobs"
 RESULTS = "results"
+RUNS = "runs"
 
 #: Name of the environment variable holding the shared signing key (hex).
 SIGNING_KEY_ENV = "DASK_LAMBDA_SIGNING_KEY"
@@ -101,6 +103,15 @@ class Layout:
     def results_root(self) -> str:
         """Prefix of every result object of every run."""
         return self._root(RESULTS) + "/"
+
+    @property
+    def runs_root(self) -> str:
+        """Prefix of the run markers (one small object per live client, its heartbeat)."""
+        return self._root(RUNS) + "/"
+
+    @property
+    def run_marker(self) -> str:
+        return f"{self.runs_root}{self.run}.json"
 
     @property
     def run_prefixes(self) -> tuple[str, str]:

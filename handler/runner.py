@@ -28,16 +28,13 @@ import traceback
 from typing import Any, Callable
 
 from . import protocol, s3io
+from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
 
 _COLD = True
 _S3: Any = None
 
 #: Frames from these files are dropped from the front of a remote traceback.
 _INTERNAL = (os.path.dirname(__file__), os.path.join("dask", "_task_spec"))
-
-
-class NotAvailableInLambda(RuntimeError):
-    """Raised by worker-only ``distributed`` APIs called inside a Lambda task."""
 
 
 def _unavailable(name: str) -> Callable[..., Any]:
@@ -169,8 +166,14 @@ def _resolve(args: tuple) -> tuple:
     key = _signing_key()
 
     def load(ref: protocol.ObjectRef) -> Any:
-        return protocol.decode(s3io.get(_s3(), ref.bucket, ref.key,
-                                         _transfer_concurrency()), key).load(_find_class)
+        try:
+            raw = s3io.get(_s3(), ref.bucket, ref.key, _transfer_concurrency())
+        except FileNotFoundError:
+            raise InputLostError(
+                f"input s3://{ref.bucket}/{ref.key} of this task was deleted before it was read "
+                "(by hand, or by a lifecycle rule shorter than the computation): recompute the "
+                "graph; if it keeps happening, lengthen the bucket's lifecycle expiry") from None
+        return protocol.decode(raw, key).load(_find_class)
 
     with ThreadPoolExecutor(min(16, len(refs))) as pool:
         values = dict(zip(refs, pool.map(load, refs)))
@@ -215,6 +218,7 @@ def _run(event: dict, context: Any) -> dict:
     global _COLD
     cold, _COLD = _COLD, False
     t0 = time.time()
+    counts0 = s3io.COUNTS.copy()
     key = _signing_key()
     bucket = event["bucket"]
     if event.get("job") is not None:
@@ -248,6 +252,16 @@ def _run(event: dict, context: Any) -> dict:
     header["stats"] = stats
     parts = protocol.encode_parts(header, frames, key)
     nbytes = protocol.parts_size(parts)
+    max_output = event.get("max_output")
+    if status == "ok" and max_output is not None and nbytes > int(max_output):
+        status, header, frames, size, typename = _failed(OutputTooLargeError(
+            f"the task's output is {nbytes:,} bytes encoded, more than max-output="
+            f"{int(max_output):,}; it was not stored. Return less (e.g. write large data to S3 "
+            "inside the task and return its path), or raise the limit: "
+            f"LambdaClient(..., max_output={2 * nbytes}) or DASK_LAMBDA__MAX_OUTPUT"))
+        header["stats"] = stats
+        parts = protocol.encode_parts(header, frames, key)
+        nbytes = protocol.parts_size(parts)
     response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
                       "stats": stats, "result": None, "result_key": None}
     if nbytes <= int(event.get("inline_max", 0)):
@@ -258,6 +272,9 @@ def _run(event: dict, context: Any) -> dict:
     del parts, frames
     stats["write_s"] = time.time() - t2
     stats["peak_rss_mb"] = _peak_rss_mb()
+    stats["duration_s"] = time.time() - t0
+    stats["s3_gets"] = s3io.COUNTS["get"] - counts0["get"]
+    stats["s3_puts"] = s3io.COUNTS["put"] - counts0["put"]
     return response
 
 

@@ -10,16 +10,41 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 from . import protocol
+from .errors import S3PermissionError
+
+#: Requests made by this process, by kind ("get", "put"), for cost accounting.
+COUNTS: Counter = Counter()
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _checked(action: str, bucket: str, key: str, call: Any, **kwargs: Any) -> Any:
+    """Run one S3 call, mapping missing objects and refusals to clear errors."""
+    COUNTS["get" if action == "s3:GetObject" else "put"] += 1
+    try:
+        return call(Bucket=bucket, Key=key, **kwargs)
+    except Exception as exc:
+        code = _code(exc)
+        if code in ("NoSuchKey", "404"):
+            raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
+        if code in ("AccessDenied", "403"):
+            raise S3PermissionError(
+                f"the function's role may not {action} on arn:aws:s3:::{bucket}/{key}: grant "
+                f"{action} on that prefix (`dask-lambda deploy` sets this up)") from None
+        raise
 
 
 def get(client: Any, bucket: str, key: str, concurrency: int = protocol.TRANSFER_CONCURRENCY
         ) -> bytearray:
     """Download an object into a writable buffer (in parallel ranges if ``concurrency`` > 1)."""
-    head = client.get_object(Bucket=bucket, Key=key)
+    head = _checked("s3:GetObject", bucket, key, client.get_object)
     total = head["ContentLength"]
     out = bytearray(total)
     view = memoryview(out)
@@ -31,7 +56,8 @@ def get(client: Any, bucket: str, key: str, concurrency: int = protocol.TRANSFER
 
     def fetch(rng: tuple[int, int]) -> None:
         start, stop = rng
-        resp = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
+        resp = _checked("s3:GetObject", bucket, key, client.get_object,
+                        Range=f"bytes={start}-{stop - 1}")
         _fill(resp["Body"], view[start:stop])
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -55,22 +81,22 @@ def put(client: Any, bucket: str, key: str, parts: list,
     """Upload buffers as one object (in parallel parts when large); returns its size."""
     total = protocol.parts_size(parts)
     if total <= protocol.MULTIPART_THRESHOLD:
-        client.put_object(Bucket=bucket, Key=key, Body=b"".join(parts))
+        _checked("s3:PutObject", bucket, key, client.put_object, Body=b"".join(parts))
         return total
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    upload_id = _checked("s3:PutObject", bucket, key, client.create_multipart_upload)["UploadId"]
     try:
         chunks: Iterable = protocol.iter_chunks(parts, protocol.part_size_for(total))
 
         def send(item: tuple[int, Any]) -> dict:
             number, chunk = item
-            etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                      PartNumber=number, Body=bytes(chunk))["ETag"]
+            etag = _checked("s3:PutObject", bucket, key, client.upload_part, UploadId=upload_id,
+                            PartNumber=number, Body=bytes(chunk))["ETag"]
             return {"PartNumber": number, "ETag": etag}
 
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             done = list(_bounded_map(pool, send, enumerate(chunks, 1)))
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                         MultipartUpload={"Parts": done})
+        _checked("s3:PutObject", bucket, key, client.complete_multipart_upload,
+                 UploadId=upload_id, MultipartUpload={"Parts": done})
     except BaseException:
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         raise

@@ -40,6 +40,8 @@ class Backend(abc.ABC):
 
     #: Backend name as given to ``LambdaClient(backend=...)``.
     name: str = ""
+    #: Whether `invoke` accepts ``memory=`` (a larger memory for one invocation).
+    supports_memory_override: bool = False
 
     def __init__(self, settings: FunctionSettings):
         self.settings = settings
@@ -61,7 +63,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def invoke(self, event: dict) -> dict:
-        """Invoke the handler once and return its response."""
+        """Invoke the handler once and return its response.
+
+        Raises `LambdaThrottledError` when Lambda refuses the invocation (429), and the
+        other errors of :mod:`dask_lambda.errors` when the execution environment fails.
+        """
 
     async def close(self) -> None:
         """Stop and remove everything `start` made."""

@@ -31,9 +31,11 @@ from ..errors import (
     FunctionError,
     HandlerCrashedError,
     LambdaOutOfMemoryError,
+    LambdaThrottledError,
     LambdaTimeoutError,
 )
 from .base import Backend, FunctionSettings
+from .faults import FaultPlan
 
 _LEN = struct.Struct(">I")
 HANDLER = "dask_lambda_handler.entry.handler"
@@ -54,6 +56,7 @@ class _Environment:
         self.proc = proc
         self.directory = directory
         self.busy = False
+        self.memory_limit = 0
         self.oom_rss = 0
         self._ps: Any = None
 
@@ -109,13 +112,20 @@ class LocalBackend(Backend):
         Interpreter for the execution environments (default: this one).
     region
         Region name given to S3 clients.
+    faults
+        Inject faults into a share of invocations (for testing fault handling).
     """
 
     name = "local"
+    supports_memory_override = True
 
     def __init__(self, settings: FunctionSettings, *, s3_endpoint: str | None = None,
-                 python: str | None = None, region: str = "us-east-1"):
+                 python: str | None = None, region: str = "us-east-1",
+                 faults: FaultPlan | None = None):
         super().__init__(settings)
+        self.faults = faults
+        self._throttled: dict[str, int] = {}
+        self._background: set[asyncio.Task] = set()
         self.endpoint = s3_endpoint
         self.python = python or sys.executable
         self.region = region
@@ -174,6 +184,8 @@ class LocalBackend(Backend):
         self._closed = True
         if self._monitor is not None:
             self._monitor.cancel()
+        for task in list(self._background):
+            task.cancel()
         await asyncio.gather(*(env.stop() for env in list(self._all)), return_exceptions=True)
         self._all.clear()
         self._idle.clear()
@@ -233,7 +245,6 @@ class LocalBackend(Backend):
         await env.stop(grace=0)
 
     async def _watch_memory(self) -> None:
-        limit = self.settings.memory * 2**20
         while True:
             await asyncio.sleep(_MEMORY_POLL)
             for env in list(self._all):
@@ -243,24 +254,43 @@ class LocalBackend(Backend):
                     rss = env.rss()
                 except Exception:  # the process is gone; the invocation reports it
                     continue
-                if rss > limit:
+                if rss > env.memory_limit:
                     env.oom_rss = rss
                     env.kill()
 
     # -- invoke ---------------------------------------------------------------------------
 
-    async def invoke(self, event: dict) -> dict:
+    async def invoke(self, event: dict, *, memory: int | None = None) -> dict:
         if self._closed:
             raise HandlerCrashedError("the local backend is closed")
+        faults = self.faults
+        if faults is not None:
+            job = str(event.get("result_key"))
+            if faults.hits("throttle", event, self._throttled.get(job, 0)):
+                self._throttled[job] = self._throttled.get(job, 0) + 1
+                raise LambdaThrottledError("Rate Exceeded. (TooManyRequestsException, injected)")
+            if faults.hits("duplicate", event):  # the same event, delivered a second time
+                task = asyncio.ensure_future(self._invoke(dict(event), memory, kill=False))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await self._invoke(event, memory,
+                                  kill=faults is not None and faults.hits("kill", event))
+
+    async def _invoke(self, event: dict, memory: int | None, *, kill: bool) -> dict:
         async with self._slots:
             env = self._idle.pop() if self._idle else await self._spawn()
             self.invocations += 1
             request_id = str(uuid.uuid4())
             timeout = self.settings.timeout
+            memory = memory or self.settings.memory
             request = {"event": event, "context": {
                 "aws_request_id": request_id, "deadline": time.time() + timeout,
-                "memory_limit_in_mb": self.settings.memory}}
+                "memory_limit_in_mb": memory}}
             env.busy = True
+            env.memory_limit = memory * 2**20
+            if kill:
+                asyncio.get_running_loop().call_soon(env.kill)
             try:
                 reply = await asyncio.wait_for(env.call(request), timeout)
             except asyncio.TimeoutError:
@@ -276,10 +306,9 @@ class LocalBackend(Backend):
                 if env.oom_rss:
                     raise LambdaOutOfMemoryError(
                         f"Runtime exited: out of memory. The task used {env.oom_rss / 2**20:.0f} MB, "
-                        f"more than the function's {self.settings.memory} MB (request {request_id}). "
-                        "Give it more, e.g. LambdaClient(..., memory="
-                        f"{min(10240, self.settings.memory * 2)}) or DASK_LAMBDA__MEMORY, "
-                        "or use smaller partitions/chunks.") from None
+                        f"more than the function's {memory} MB (request {request_id}). "
+                        f"Give it more, e.g. LambdaClient(..., memory={min(10240, memory * 2)}) "
+                        "or DASK_LAMBDA__MEMORY, or use smaller partitions/chunks.") from None
                 raise HandlerCrashedError(
                     f"Runtime exited with code {env.proc.returncode} while running the task "
                     f"(request {request_id}): the execution environment crashed or was killed."

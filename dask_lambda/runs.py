@@ -1,0 +1,61 @@
+"""Runs in a bucket: markers with a heartbeat, and removal of what dead clients left.
+
+Each client writes ``P/runs/<run>.json`` when it starts and rewrites it every
+``heartbeat`` seconds. A run whose marker (or, without a marker, whose newest
+object) is older than ``older_than`` seconds belongs to a client that died:
+`cleanup_stale_runs` deletes its job and result objects. The next client does this
+on start, and ``dask-lambda cleanup`` does it on demand; the bucket's lifecycle
+rule (``dask-lambda deploy``) is the last line of defence.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+import time
+
+from dask_lambda_handler import protocol
+
+from .store import S3Store
+
+
+async def write_marker(store: S3Store, layout: protocol.Layout, started: float) -> None:
+    body = json.dumps({"run": layout.run, "started": started, "heartbeat": time.time(),
+                       "host": socket.gethostname(), "pid": os.getpid()}).encode()
+    await store.put(layout.run_marker, [body])
+
+
+def _run_of(key: str, root: str) -> str:
+    return key[len(root):].split("/", 1)[0].removesuffix(".json")
+
+
+async def cleanup_stale_runs(store: S3Store, layout: protocol.Layout,
+                             older_than: float) -> dict[str, int]:
+    """Delete the objects of runs (other than ``layout.run``) idle for ``older_than`` seconds.
+
+    Returns ``{run id: objects deleted}``.
+    """
+    now = _dt.datetime.now(_dt.timezone.utc)
+    newest: dict[str, _dt.datetime] = {}
+    keys: dict[str, list[str]] = {}
+    markers: dict[str, _dt.datetime] = {}
+    for obj in await store.list_objects(layout.runs_root):
+        markers[_run_of(obj["Key"], layout.runs_root)] = obj["LastModified"]
+        keys.setdefault(_run_of(obj["Key"], layout.runs_root), []).append(obj["Key"])
+    for root in (layout.jobs_root, layout.results_root):
+        for obj in await store.list_objects(root):
+            run = _run_of(obj["Key"], root)
+            keys.setdefault(run, []).append(obj["Key"])
+            if run not in newest or obj["LastModified"] > newest[run]:
+                newest[run] = obj["LastModified"]
+    removed: dict[str, int] = {}
+    for run, run_keys in keys.items():
+        if run == layout.run:
+            continue
+        last = markers.get(run, newest.get(run))
+        if last is not None and (now - last).total_seconds() >= older_than:
+            await store.delete(run_keys)
+            removed[run] = len(run_keys)
+    return removed

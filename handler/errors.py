@@ -1,0 +1,22 @@
+"""Errors raised on the Lambda side (standard library only, so the handler stays light).
+
+`dask_lambda.errors` re-exports them for users.
+"""
+
+from __future__ import annotations
+
+
+class NotAvailableInLambda(RuntimeError):
+    """Raised by worker-only ``distributed`` APIs called inside a Lambda task."""
+
+
+class OutputTooLargeError(ValueError):
+    """A task's output is larger than the ``max-output`` setting; it was not stored."""
+
+
+class InputLostError(FileNotFoundError):
+    """An input of the task (another task's output in S3) was deleted before it was read."""
+
+
+class S3PermissionError(PermissionError):
+    """The function's role may not do an S3 action it needs; names the permission."""
