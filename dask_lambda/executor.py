@@ -23,12 +23,13 @@ import concurrent.futures
 import itertools
 import random
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from time import time
 from typing import Any
 
+from dask._task_spec import Alias, DataNode
 from dask_lambda_handler import protocol
 
 from . import serialize
@@ -36,6 +37,7 @@ from .backends.base import Backend
 from .cost import CostMeter, billed_ms
 from .errors import (
     DaskLambdaError,
+    FunctionError,
     HandlerCrashedError,
     LambdaOutOfMemoryError,
     LambdaThrottledError,
@@ -45,6 +47,9 @@ from .errors import (
 from .store import S3Store
 
 _GC_INTERVAL = 1.0
+#: Task types the gateway runs itself: an Alias renames another output (a persisted
+#: partition, say) and a DataNode holds a literal; shipping either would copy data for nothing.
+_LOCAL_TASKS = (Alias, DataNode)
 _THROTTLE_RETRIES = 10  # a throttled invoke is retried this often, backing off, before failing
 _THROTTLE_BASE = 0.05
 _THROTTLE_CAP = 5.0
@@ -71,6 +76,8 @@ class ExecutorStats:
         out-of-memory task was given more memory.
     throttled
         Invocations refused with 429 and retried after a backoff.
+    local_tasks
+        Trivial tasks (aliases, literals) the gateway ran itself, without an invocation.
     inline_jobs, s3_jobs
         Jobs sent in the invoke request / as S3 objects.
     bytes_sent, bytes_received
@@ -83,6 +90,7 @@ class ExecutorStats:
     errors: int = 0
     retries: int = 0
     throttled: int = 0
+    local_tasks: int = 0
     inline_jobs: int = 0
     s3_jobs: int = 0
     bytes_sent: int = 0
@@ -94,28 +102,36 @@ class ExecutorStats:
 class LambdaData(MutableMapping):
     """The gateway worker's data: small values, or `ObjectRef`s to outputs kept in S3.
 
-    The scheduler counts references: it tells the worker to forget a key only when no
-    task or client future needs it any more. Forgetting (or replacing) a reference here
-    deletes its S3 object.
+    The scheduler counts references between tasks: it tells the worker to forget a key only
+    when no task or client future needs it any more. Several keys may hold the same
+    reference (an alias of a persisted output), so references are counted here too: an S3
+    object is deleted when the last key holding it is forgotten or replaced.
     """
 
     def __init__(self, release: Any):
         self._data: dict = {}
+        self._holders: Counter = Counter()
         self._release = release
 
     def __getitem__(self, key: Any) -> Any:
         return self._data[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        old = self._data.get(key)
+        if isinstance(value, protocol.ObjectRef):
+            self._holders[value] += 1
+        old = self._data.get(key, None)
         self._data[key] = value
-        if isinstance(old, protocol.ObjectRef) and old != value:
-            self._release(old)
+        self._drop(old)
 
     def __delitem__(self, key: Any) -> None:
-        value = self._data.pop(key)
+        self._drop(self._data.pop(key))
+
+    def _drop(self, value: Any) -> None:
         if isinstance(value, protocol.ObjectRef):
-            self._release(value)
+            self._holders[value] -= 1
+            if self._holders[value] <= 0:
+                del self._holders[value]
+                self._release(value)
 
     def __iter__(self) -> Iterator:
         return iter(self._data)
@@ -228,6 +244,15 @@ class LambdaExecutor(concurrent.futures.Executor):
     async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
         start = time()
         key = task.key
+        if type(task) in _LOCAL_TASKS:  # renaming or literal data: no work worth a Lambda
+            value = task(data)
+            self.stats.local_tasks += 1
+            if isinstance(value, protocol.ObjectRef):
+                return self._finished(value, value.size, _type_named(value.type), start, delay)
+            from dask.sizeof import sizeof
+
+            return self._finished(value, sizeof(value), type(value) if value is not None else None,
+                                  start, delay)
         try:
             frames = serialize.dumps((task, (data,), {}))
         except Exception as exc:
@@ -314,6 +339,11 @@ class LambdaExecutor(concurrent.futures.Executor):
             try:
                 response = await (self.backend.invoke(event, memory=memory) if memory
                                   else self.backend.invoke(event))
+            except FunctionError as exc:
+                self.cost.settle(0)
+                if exc.error_type == "InputLostError":
+                    raise ResultLostError(str(exc).split(": ", 1)[-1]) from None
+                raise
             except LambdaThrottledError:
                 self.cost.cancel()
                 if throttled >= _THROTTLE_RETRIES:

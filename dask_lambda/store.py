@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from dask_lambda_handler import protocol
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, PermissionDeniedError
 
 _MAX_POOL = 256
 
@@ -32,6 +32,23 @@ async def _fill(body: Any, view: memoryview) -> None:
 
 def _code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+@contextlib.contextmanager
+def _mapped(action: str, bucket: str, key: str) -> Iterator[None]:
+    """Turn S3's NoSuchKey and AccessDenied into FileNotFoundError and PermissionDeniedError."""
+    try:
+        yield
+    except Exception as exc:
+        code = _code(exc)
+        if code in ("NoSuchKey", "404"):
+            raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
+        if code in ("AccessDenied", "403"):
+            raise PermissionDeniedError(
+                f"AWS refused {action} on arn:aws:s3:::{bucket}/{key}: the credentials this "
+                f"client uses need {action} on that prefix (see the README's IAM permissions)"
+            ) from None
+        raise
 
 
 class S3Store:
@@ -110,7 +127,8 @@ class S3Store:
         self.bytes_up += total
         if total <= protocol.MULTIPART_THRESHOLD:
             self.requests += 1
-            await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
+            with _mapped("s3:PutObject", self.bucket, key):
+                await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
             return total
         self.requests += 2
         upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
@@ -147,7 +165,8 @@ class S3Store:
         """Download an object into a writable buffer; large ones in parallel byte ranges."""
         bucket = bucket or self.bucket
         self.requests += 1
-        head = await self.client.get_object(Bucket=bucket, Key=key)
+        with _mapped("s3:GetObject", bucket, key):
+            head = await self.client.get_object(Bucket=bucket, Key=key)
         total = head["ContentLength"]
         out = bytearray(total)
         view = memoryview(out)

@@ -6,6 +6,8 @@ execution happens in the local backend's separate handler processes.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -16,15 +18,25 @@ import pytest
 from dask_lambda import LambdaClient
 
 
+@contextlib.contextmanager
+def s3_server(faults: dict | None = None):
+    """A moto S3 server process on 127.0.0.1 (optionally injecting faults); yields its URL."""
+    extra = ["--faults", json.dumps(faults)] if faults else []
+    proc = subprocess.Popen([sys.executable, "-m", "dask_lambda.backends.s3server", *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("PORT "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    proc = subprocess.Popen([sys.executable, "-m", "dask_lambda.backends.s3server"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    line = proc.stdout.readline().decode()
-    assert line.startswith("PORT "), line
-    yield f"http://127.0.0.1:{int(line.split()[1])}"
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    with s3_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

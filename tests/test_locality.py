@@ -137,3 +137,42 @@ def test_one_gigabyte_array_passes_through_a_task_in_bounded_memory(s3_endpoint,
     assert len(res["handler"]) == 2 and max(res["handler"]) < 1.5 * gib, res
     assert res["stats"]["bytes_sent"] < 10_000  # the GiB never went up from the client
     assert gib * 2**20 <= res["stats"]["bytes_received"] < 1.01 * gib * 2**20
+
+
+def test_aliases_of_persisted_partitions_are_not_copied_through_lambda(client):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    def make(i):
+        return pd.DataFrame({"x": np.arange(BLOCK, dtype="f8") + i})
+
+    df = client.persist(dd.from_map(make, range(4)).optimize())
+    wait(df)
+    before = client.lambda_stats()
+    assert client.compute(df.x.sum().optimize()).result() == sum(
+        make(i).x.sum() for i in range(4))
+    after = client.lambda_stats()
+    # only the reduction ran in Lambda: the renames of the persisted partitions ran here,
+    # and no partition was copied into a new S3 object
+    assert after["local_tasks"] - before["local_tasks"] >= 4
+    assert after["output_bytes_in_s3"] == before["output_bytes_in_s3"]
+    assert after["invocations"] - before["invocations"] <= 5
+
+
+def test_an_object_held_by_two_keys_goes_only_with_the_last():
+    from dask_lambda.executor import LambdaData
+    from dask_lambda_handler.protocol import ObjectRef
+
+    released = []
+    data = LambdaData(released.append)
+    ref = ObjectRef("b", "k", 10, 10, "int")
+    data["a"] = ref
+    data["alias"] = ref
+    del data["a"]
+    assert released == [] and data["alias"] is ref
+    data["alias"] = 5  # replaced by a plain value: the last holder is gone
+    assert released == [ref]
+    data["x"] = ref
+    data["x"] = ref  # the same key set twice holds it once
+    del data["x"]
+    assert released == [ref, ref]

@@ -69,5 +69,8 @@ class Backend(abc.ABC):
         other errors of :mod:`dask_lambda.errors` when the execution environment fails.
         """
 
+    async def stop(self) -> None:
+        """Stop running invocations, where the backend can (before the run's objects go)."""
+
     async def close(self) -> None:
         """Stop and remove everything `start` made."""

@@ -180,7 +180,7 @@ class LocalBackend(Backend):
             await self._start_s3()
         self._monitor = asyncio.create_task(self._watch_memory())
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         self._closed = True
         if self._monitor is not None:
             self._monitor.cancel()
@@ -189,6 +189,9 @@ class LocalBackend(Backend):
         await asyncio.gather(*(env.stop() for env in list(self._all)), return_exceptions=True)
         self._all.clear()
         self._idle.clear()
+
+    async def close(self) -> None:
+        await self.stop()
         if self._own_s3 is not None:
             env = _Environment(self._own_s3, self._dir)
             await env.stop(grace=5.0)

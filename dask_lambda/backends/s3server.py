@@ -13,7 +13,8 @@ dask-lambda survives S3 failures with real HTTP answers::
                {"lose": true, "prefix": "run/results/", "share": 0.2},
                {"status": 403, "bucket": "not-ours"}]}
 
-A rule with ``status`` answers that HTTP error (S3's own XML error body) to
+Rules match on ``bucket``, ``methods``, key ``prefix`` and key ``suffix`` (e.g.
+``"-a0.out"``: first attempts only). A rule with ``status`` answers that HTTP error (S3's own XML error body) to
 the first ``times`` requests (default: all) for each selected key; ``lose``
 really deletes a selected object just before its first GET.  A key is
 selected when a hash of (seed, key) falls under ``share`` (default 1), so
@@ -63,7 +64,8 @@ class FaultInjector:
                 continue
             if "methods" in rule and method not in rule["methods"]:
                 continue
-            if not key.startswith(rule.get("prefix", "")) or not self._selected(rule, key):
+            if not key.startswith(rule.get("prefix", "")) or not key.endswith(
+                    rule.get("suffix", "")) or not self._selected(rule, key):
                 continue
             with self.lock:
                 self.seen[(number, method, key)] += 1

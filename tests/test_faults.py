@@ -1,0 +1,237 @@
+"""Fault injection: every fault is survived with the fault-free result, or fails with the
+documented error in bounded time; never a hang, a wrong result or a leftover object.
+
+Each test runs a graph of 200+ tasks on the local backend (handler processes, S3 over HTTP)
+with faults injected into a share of them: environment kills, duplicate deliveries and
+throttling by the backend's `FaultPlan`; S3 503/500 answers and lost objects by the S3
+server's fault injector; timeouts and out-of-memory by the tasks themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+import pytest
+
+from dask_lambda import LambdaClient
+from dask_lambda.backends.faults import FaultPlan
+from dask_lambda.errors import (
+    HandlerCrashedError,
+    LambdaOutOfMemoryError,
+    LambdaTimeoutError,
+    ResultLostError,
+)
+
+from .conftest import list_keys, s3_server
+
+CHUNKS = 200
+
+
+def graph():
+    """~270 tasks: 200 fused blocks (random, *2, +1, partial sums) and a tree reduction."""
+    x = da.random.default_rng(7).random(CHUNKS * 500, chunks=500)
+    return (x * 2 + 1).sum(), (x**2).mean(axis=0)
+
+
+EXPECTED = dask.compute(*graph(), scheduler="sync")
+
+
+def run(endpoint, s3, bucket, *, expect=None, check_leftovers=True, **options):
+    """Run the graph with a fresh client; return its stats. Afterwards the bucket is empty."""
+    options = {"concurrency": 2, "inline_max": 0, "dashboard_address": None, **options}
+    t0 = time.monotonic()
+    with LambdaClient(f"s3://{bucket}/f", local_s3_endpoint=endpoint, **options) as client:
+        if expect is None:
+            got = dask.compute(*graph())
+            np.testing.assert_allclose(got, EXPECTED)
+        else:
+            with pytest.raises(expect[0], match=expect[1]):
+                dask.compute(*graph())
+        stats = client.lambda_stats()
+    assert time.monotonic() - t0 < 240  # bounded: no hang (2 noisy cores, cold starts)
+    if expect is None:
+        assert stats["tasks"] >= 200
+    if check_leftovers:
+        assert list_keys(s3, bucket) == []
+    return stats
+
+
+def fired(endpoint) -> dict:
+    return json.loads(urllib.request.urlopen(endpoint + "/__faults__").read())
+
+
+def s3_client(endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="t", aws_secret_access_key="t")
+
+
+# -- the execution environment ----------------------------------------------------------
+
+
+def test_killed_environments_are_retried(s3_endpoint, s3):
+    stats = run(s3_endpoint, s3, "f-kill", local_faults=FaultPlan(kill=0.03, seed=1))
+    assert stats["retries"] >= 4  # ~3% of ~270 first attempts were killed
+    assert stats["errors"] == 0
+
+
+def test_environments_killed_every_attempt_fail_with_the_documented_error(s3_endpoint, s3):
+    run(s3_endpoint, s3, "f-kill-all", retries=1,
+        local_faults=FaultPlan(kill=0.02, seed=2, every_attempt=True),
+        expect=(HandlerCrashedError, r"Runtime exited with code -9 .* Gave up after 2 attempts "
+                                     r"\(retries=1\)"))
+
+
+def test_duplicate_deliveries_change_nothing(s3_endpoint, s3):
+    stats = run(s3_endpoint, s3, "f-dup", local_faults=FaultPlan(duplicate=0.15, seed=3))
+    assert stats["invocations"] > stats["tasks"] + 20  # the duplicates really ran
+
+
+def test_throttling_is_backed_off_and_retried(s3_endpoint, s3):
+    stats = run(s3_endpoint, s3, "f-throttle", local_faults=FaultPlan(throttle=0.15, seed=4))
+    assert stats["throttled"] >= 20
+    assert stats["invocations"] == stats["tasks"]  # throttled calls never ran
+
+
+def slow_block(block, block_info=None):
+    if block_info is not None and block_info[0]["chunk-location"][0] % 50 == 7:
+        time.sleep(30)
+    return block
+
+
+def test_tasks_past_the_timeout_fail_in_bounded_time(s3_endpoint, s3):
+    def timed_graph():
+        x = da.random.default_rng(7).random(CHUNKS * 500, chunks=500)
+        return x.map_blocks(slow_block, dtype=float).sum()
+
+    with LambdaClient("s3://f-timeout/f", local_s3_endpoint=s3_endpoint, concurrency=2,
+                      timeout=3, dashboard_address=None) as client:
+        t0 = time.monotonic()
+        with pytest.raises(LambdaTimeoutError, match=r"Task timed out after 3.00 seconds"):
+            timed_graph().compute()
+        assert time.monotonic() - t0 < 60
+        assert client.lambda_stats()["retries"] == 0  # a timeout is never re-run
+    assert list_keys(s3, "f-timeout") == []
+
+
+def hungry_block(block, block_info=None):
+    if block_info is not None and block_info[0]["chunk-location"][0] % 40 == 3:
+        np.ones(120_000_000).sum()  # ~960 MB, touched
+    return block
+
+
+def _hungry_graph():
+    x = da.random.default_rng(7).random(CHUNKS * 500, chunks=500)
+    return x.map_blocks(hungry_block, dtype=float).sum()
+
+
+def test_out_of_memory_fails_with_the_documented_error(s3_endpoint, s3):
+    with LambdaClient("s3://f-oom/f", local_s3_endpoint=s3_endpoint, concurrency=2,
+                      memory=600, dashboard_address=None) as client:
+        with pytest.raises(LambdaOutOfMemoryError, match=r"more than the function's 600 MB"):
+            _hungry_graph().compute()
+        assert client.lambda_stats()["retries"] == 0
+    assert list_keys(s3, "f-oom") == []
+
+
+def test_out_of_memory_is_retried_with_more_memory_when_asked(s3_endpoint, s3):
+    with LambdaClient("s3://f-oom-retry/f", local_s3_endpoint=s3_endpoint, concurrency=2,
+                      memory=600, oom_retry_memory=2048, dashboard_address=None) as client:
+        got = _hungry_graph().compute()
+        want = da.random.default_rng(7).random(CHUNKS * 500, chunks=500).sum()
+        np.testing.assert_allclose(got, want.compute(scheduler="sync"))
+        assert client.lambda_stats()["retries"] == 5  # chunks 3, 43, 83, 123, 163
+    assert list_keys(s3, "f-oom-retry") == []
+
+
+# -- S3 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 500])
+def test_s3_errors_on_put_and_get_are_retried(status):
+    plan = {"seed": 5, "rules": [{"status": status, "methods": ["PUT", "GET"],
+                                  "prefix": "f/", "share": 0.03, "times": 1}]}
+    with s3_server(plan) as endpoint:
+        stats = run(endpoint, s3_client(endpoint), f"f-s3-{status}")
+        assert fired(endpoint)["0"] >= 10  # jobs and results of ~3% of the tasks
+    assert stats["errors"] == 0
+
+
+def test_persistent_s3_errors_fail_in_bounded_time():
+    plan = {"seed": 6, "rules": [{"status": 500, "methods": ["PUT"], "prefix": "f/results/",
+                                  "share": 0.02}]}
+    with s3_server(plan) as endpoint:
+        run(endpoint, s3_client(endpoint), "f-s3-down", check_leftovers=False,
+            expect=(Exception, r"InternalError"))
+        assert list_keys(s3_client(endpoint), "f-s3-down") == []
+
+
+def test_lost_outputs_read_by_the_gateway_are_recomputed():
+    # first attempts only: a lost output is lost once (what a retry writes is a new object)
+    plan = {"seed": 8, "rules": [{"lose": True, "prefix": "f/results/", "suffix": "-a0.out",
+                                  "share": 0.2}]}
+    with s3_server(plan) as endpoint:
+        stats = run(endpoint, s3_client(endpoint), "f-lost", locality=False)
+        assert fired(endpoint)["0"] >= 20
+    assert stats["retries"] >= 20
+
+
+def test_lost_outputs_kept_in_s3_fail_with_the_documented_error():
+    plan = {"seed": 9, "rules": [{"lose": True, "prefix": "f/results/", "share": 0.05}]}
+    with s3_server(plan) as endpoint:
+        run(endpoint, s3_client(endpoint), "f-lost-kept",
+            expect=(ResultLostError, r"was deleted before it was read"))
+
+
+# -- the client --------------------------------------------------------------------------
+
+
+def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
+        s3_endpoint, s3, tmp_path):
+    bucket = "f-killed-client"
+    script = textwrap.dedent(f"""
+        import time, dask.array as da
+        from dask_lambda import LambdaClient
+
+        def slow(block):
+            time.sleep(0.2)
+            return block
+
+        client = LambdaClient("s3://{bucket}/f", local_s3_endpoint={s3_endpoint!r},
+                              concurrency=2, inline_max=0, dashboard_address=None)
+        print("started", flush=True)
+        da.ones(10_000, chunks=10).map_blocks(slow).sum().compute()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list_keys(s3, bucket, "f/jobs/")) < 4:
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children  # execution environments were running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == []  # the environments exit when their client dies: no runaway work
+    left = list_keys(s3, bucket)
+    assert any("/jobs/" in k for k in left) and any(k.startswith("f/runs/") for k in left)
+
+    # A later client removes what the dead one left once it is stale (here: at once).
+    with LambdaClient(f"s3://{bucket}/f", local_s3_endpoint=s3_endpoint, concurrency=1,
+                      stale_after=0, dashboard_address=None) as client:
+        assert sum(client.cluster.stale_runs_removed.values()) == len(left)
+        assert client.submit(sum, [1, 2]).result() == 3
+    assert list_keys(s3, bucket) == []
