@@ -21,9 +21,10 @@ import asyncio
 import base64
 import concurrent.futures
 import itertools
+import logging
 import random
 import threading
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from time import time
@@ -47,6 +48,9 @@ from .errors import (
 from .store import S3Store
 
 _GC_INTERVAL = 1.0
+_LOG_KEYS = 10_000
+#: What tasks print in Lambda is logged here at INFO (and kept for LambdaClient.get_task_logs).
+task_log = logging.getLogger("dask_lambda.task_output")
 #: Task types the gateway runs itself: an Alias renames another output (a persisted
 #: partition, say) and a DataNode holds a literal; shipping either would copy data for nothing.
 _LOCAL_TASKS = (Alias, DataNode)
@@ -151,7 +155,59 @@ def _type_named(name: str) -> type:
     return obj if isinstance(obj, type) else protocol.ObjectRef
 
 
-class LambdaExecutor(concurrent.futures.Executor):
+class _AsyncExecutor(concurrent.futures.Executor):
+    """An Executor whose work is a coroutine on the worker's event loop (no thread per task).
+
+    The worker calls ``submit(_run_task_simple, task_spec, data, delay)`` from its event
+    loop; subclasses implement ``_run_task(task_spec, data, delay)`` returning the message
+    ``_run_task_simple`` would have returned.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        from distributed.worker import _run_task_simple
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if fn is not _run_task_simple or kwargs:
+            future.set_exception(DaskLambdaError(
+                f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
+                "worker executors are not supported in Lambda"))
+            return future
+        loop = asyncio.get_running_loop()  # the worker's event loop
+        task = loop.create_task(self._run_task(*args))
+        self._running[task] = loop
+
+        def done(t: asyncio.Task) -> None:
+            self._running.pop(t, None)
+            if future.done():  # the worker cancelled it meanwhile
+                return
+            if t.cancelled():
+                future.cancel()
+                future.set_running_or_notify_cancel()
+            elif t.exception() is not None:
+                future.set_exception(t.exception())
+            else:
+                future.set_result(t.result())
+
+        task.add_done_callback(done)
+        self._started(loop)
+        return future
+
+    def _started(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hook: called on each submit, on the worker's loop."""
+
+    async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
+        raise NotImplementedError
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # Called from a thread by Worker.close: cancel in-flight tasks on their loop.
+        for task, loop in list(self._running.items()):
+            loop.call_soon_threadsafe(task.cancel)
+
+
+class LambdaExecutor(_AsyncExecutor):
     """Run the worker's tasks in Lambda.
 
     Parameters
@@ -196,50 +252,24 @@ class LambdaExecutor(concurrent.futures.Executor):
         self.data = LambdaData(self.release)
         #: What the handler reported for recent invocations (request id, cold, timings, peak memory).
         self.invocations: deque[dict] = deque(maxlen=10_000)
+        super().__init__()
         self.stats = ExecutorStats()
         self._seq = itertools.count()
-        self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
+        #: What tasks printed in Lambda, by task key (most recent keys kept).
+        self.logs: OrderedDict[str, list[dict]] = OrderedDict()
         self._garbage: list[str] = []
         self._gc: asyncio.Task | None = None
 
-    # -- concurrent.futures.Executor -------------------------------------------------------
+    # -- one task -------------------------------------------------------------------------
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        from distributed.worker import _run_task_simple
-
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        if fn is not _run_task_simple or kwargs:
-            future.set_exception(DaskLambdaError(
-                f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
-                "worker executors are not supported in Lambda"))
-            return future
-        loop = asyncio.get_running_loop()  # the worker's event loop
-        task = loop.create_task(self._run_task(*args))
-        self._running[task] = loop
-
-        def done(t: asyncio.Task) -> None:
-            self._running.pop(t, None)
-            if t.cancelled():
-                future.cancel()
-                future.set_running_or_notify_cancel()
-            elif t.exception() is not None:
-                future.set_exception(t.exception())
-            else:
-                future.set_result(t.result())
-
-        task.add_done_callback(done)
+    def _started(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._gc is None:
             self._gc = loop.create_task(self._collect_garbage())
-        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        # Called from a thread by Worker.close: cancel in-flight tasks on their loop.
-        for task, loop in list(self._running.items()):
-            loop.call_soon_threadsafe(task.cancel)
+        super().shutdown(wait, cancel_futures=cancel_futures)
         if self._gc is not None:
             self._gc.get_loop().call_soon_threadsafe(self._gc.cancel)
-
-    # -- one task -------------------------------------------------------------------------
 
     async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
         start = time()
@@ -364,8 +394,19 @@ class LambdaExecutor(concurrent.futures.Executor):
                              s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
             self.invocations.append(dict(stats, key=str(key), status=response["status"],
                                          nbytes=response["nbytes"]))
+            if response.get("log"):
+                self._keep_log(key, event, stats, response["log"])
             return response
         raise AssertionError("unreachable")
+
+    def _keep_log(self, key: Any, event: dict, stats: dict, text: str) -> None:
+        entries = self.logs.setdefault(str(key), [])
+        entries.append({"request_id": stats.get("request_id"), "text": text,
+                        "attempt": event["result_key"].rsplit("-a", 1)[-1].split(".")[0]})
+        self.logs.move_to_end(str(key))
+        while len(self.logs) > _LOG_KEYS:
+            self.logs.popitem(last=False)
+        task_log.info("%s (request %s):\n%s", key, stats.get("request_id"), text.rstrip())
 
     async def _outcome(self, response: dict) -> protocol.Payload | protocol.ObjectRef:
         if response.get("result") is not None:
@@ -449,3 +490,59 @@ class LambdaExecutor(concurrent.futures.Executor):
             self._gc.cancel()
         await self.flush_garbage()
         return await self.store.delete_prefixes(self.layout.run_prefixes)
+
+
+class LocalTaskExecutor(_AsyncExecutor):
+    """Runs tasks annotated ``dask.annotate(executor="local")`` here, in threads.
+
+    For tiny tasks, or tasks that need this machine; their inputs that are kept in S3 are
+    downloaded first, and their outputs stay in this process.
+
+    Parameters
+    ----------
+    lambda_executor
+        The gateway's Lambda executor (for downloading inputs kept in S3).
+    threads
+        Threads for local tasks.
+    """
+
+    def __init__(self, lambda_executor: LambdaExecutor, threads: int):
+        super().__init__()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._lambda = lambda_executor
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dask-lambda-local")
+        self.tasks = 0
+
+    async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
+        from distributed.worker import _run_task_simple
+
+        refs = [v for v in data.values() if isinstance(v, protocol.ObjectRef)]
+        if refs:
+            values = await self._lambda.load(refs)
+            data = {k: values[v] if isinstance(v, protocol.ObjectRef) else v
+                    for k, v in data.items()}
+        self.tasks += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, _run_task_simple, task, data, delay)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait, cancel_futures=cancel_futures)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def gateway_metrics(executor: LambdaExecutor) -> dict:
+    """Worker metrics that put the Lambda side on the dashboard's worker table."""
+    stats = executor.stats
+    backend = executor.backend
+    return {
+        "lambda_in_flight": lambda w: len(executor._running),
+        "lambda_invocations": lambda w: backend.invocations,
+        "lambda_cold_starts": lambda w: backend.cold_starts,
+        "lambda_retries": lambda w: stats.retries,
+        "lambda_throttled": lambda w: stats.throttled,
+        "lambda_bytes_sent": lambda w: stats.bytes_sent,
+        "lambda_bytes_received": lambda w: stats.bytes_received,
+        "lambda_s3_bytes_kept": lambda w: stats.output_bytes_in_s3,
+        "lambda_cost_usd": lambda w: executor.cost.dollars(),
+    }

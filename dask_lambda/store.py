@@ -98,27 +98,54 @@ class S3Store:
             self.client = None
 
     async def check_bucket(self, *, create: bool = False) -> None:
-        """Fail with a clear error if the bucket is missing or not ours; create it if asked."""
+        """Fail with a clear error if the bucket is missing, not ours, or unreachable with
+        these credentials or this region; create it if asked."""
+        from botocore.exceptions import NoCredentialsError
+
+        bucket = self.bucket
         try:
-            await self.client.head_bucket(Bucket=self.bucket)
+            await self.client.head_bucket(Bucket=bucket)
             return
+        except NoCredentialsError:
+            raise ConfigurationError(
+                "no AWS credentials found. Configure them as for the AWS CLI: `aws configure`, "
+                "or AWS_PROFILE=name, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or try "
+                "without AWS: LambdaClient(\"s3://my-bucket\", backend=\"local\")") from None
         except Exception as exc:
             code = _code(exc)
+            headers = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPHeaders", {})
+            if code in ("400", "403"):  # a HEAD answer has no body: ask again for S3's code
+                try:
+                    await self.client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+                except Exception as again:
+                    code = _code(again) or code
+            actual = headers.get("x-amz-bucket-region")
+            if actual and code in ("301", "400", "PermanentRedirect",
+                                   "AuthorizationHeaderMalformed") and actual != self.region:
+                raise ConfigurationError(
+                    f"S3 bucket {bucket!r} is in region {actual!r}, not {self.region!r}: "
+                    f"LambdaClient(\"s3://{bucket}\", region=\"{actual}\") or "
+                    f"AWS_DEFAULT_REGION={actual}") from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                        "ExpiredToken"):
+                raise ConfigurationError(
+                    f"AWS rejected the credentials ({code}): they are wrong or expired. Check "
+                    "`aws sts get-caller-identity`, refresh them (`aws sso login`), or select "
+                    "another profile with AWS_PROFILE=name") from None
             if code in ("404", "NoSuchBucket") and create:
-                await self.client.create_bucket(Bucket=self.bucket)
+                await self.client.create_bucket(Bucket=bucket)
                 return
             if code in ("404", "NoSuchBucket"):
                 raise ConfigurationError(
-                    f"S3 bucket {self.bucket!r} does not exist. Create it first "
-                    f"(`dask-lambda deploy --bucket {self.bucket}` or `aws s3 mb s3://{self.bucket}`), "
-                    "or name an existing bucket: LambdaClient(\"s3://my-bucket/dask\")."
-                ) from None
+                    f"S3 bucket {bucket!r} does not exist. Create it first "
+                    f"(`dask-lambda deploy --bucket {bucket}` or `aws s3 mb s3://{bucket}`), "
+                    "or name an existing bucket: LambdaClient(\"s3://my-bucket/dask\").") from None
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise ConfigurationError(
-                    f"no access to S3 bucket {self.bucket!r} (HTTP 403): it belongs to another "
+                    f"no access to S3 bucket {bucket!r} (HTTP 403): it belongs to another "
                     "account or your credentials lack s3:ListBucket/GetObject/PutObject on it. "
-                    "Use a bucket you own, or check `aws sts get-caller-identity`."
-                ) from None
+                    "Use a bucket you own, or check `aws sts get-caller-identity`.") from None
             raise
 
     async def put(self, key: str, parts: list) -> int:

@@ -14,7 +14,8 @@ dask-lambda survives S3 failures with real HTTP answers::
                {"status": 403, "bucket": "not-ours"}]}
 
 Rules match on ``bucket``, ``methods``, key ``prefix`` and key ``suffix`` (e.g.
-``"-a0.out"``: first attempts only). A rule with ``status`` answers that HTTP error (S3's own XML error body) to
+``"-a0.out"``: first attempts only). A rule with ``status`` answers that HTTP error (S3's XML error body, with ``code``
+if given, and an ``x-amz-bucket-region`` header if ``region`` is given) to
 the first ``times`` requests (default: all) for each selected key; ``lose``
 really deletes a selected object just before its first GET.  A key is
 selected when a hash of (seed, key) falls under ``share`` (default 1), so
@@ -77,7 +78,8 @@ class FaultInjector:
                 continue
             if count <= int(rule.get("times", 10**9)):
                 self.fired[number] += 1
-                return self._error(int(rule["status"]), start_response, method)
+                return self._error(int(rule["status"]), start_response, method,
+                                   rule.get("code"), rule.get("region"))
         return self.app(environ, start_response)
 
     def _delete(self, environ: dict) -> None:
@@ -87,14 +89,17 @@ class FaultInjector:
             pass
 
     @staticmethod
-    def _error(status: int, start_response: Callable, method: str) -> list:
-        code = _S3_CODES.get(status, "InternalError")
+    def _error(status: int, start_response: Callable, method: str, code: str | None = None,
+               region: str | None = None) -> list:
+        code = code or _S3_CODES.get(status, "InternalError")
         body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                 f"<Message>injected fault</Message><RequestId>fault</RequestId></Error>").encode()
         reason = {500: "Internal Server Error", 503: "Slow Down", 403: "Forbidden",
-                  404: "Not Found"}.get(status, "Error")
-        start_response(f"{status} {reason}", [("Content-Type", "application/xml"),
-                                              ("Content-Length", str(len(body)))])
+                  404: "Not Found", 301: "Moved Permanently", 400: "Bad Request"}.get(status, "Error")
+        headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+        if region:  # as S3 does when a bucket is asked for in the wrong region
+            headers.append(("x-amz-bucket-region", region))
+        start_response(f"{status} {reason}", headers)
         return [] if method == "HEAD" else [body]
 
 
