@@ -98,3 +98,36 @@ def test_ping_reports_versions(s3_endpoint, s3):
     assert response["versions"]["python"] == "%d.%d" % sys.version_info[:2]
     assert response["versions"]["cloudpickle"] == version("cloudpickle")
     assert response["versions"]["dask-lambda"] == version("dask-lambda")
+
+
+def test_no_secret_goes_into_events_or_objects(s3_endpoint, monkeypatch):
+    """Neither the signing key nor AWS credentials appear in what the client sends."""
+    import json
+
+    import dask.array as da
+
+    from dask_lambda import LambdaClient
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-key-material")
+    sent: list[bytes] = []
+    with LambdaClient("s3://t-secrets", local_s3_endpoint=s3_endpoint, inline_max=1000,
+                      concurrency=2, dashboard_address=None) as client:
+        backend, store = client.cluster.backend, client.cluster.store
+        invoke, put = backend.invoke, store.put
+
+        async def recording_invoke(event, **kw):
+            sent.append(json.dumps(event).encode())
+            return await invoke(event, **kw)
+
+        async def recording_put(key, parts):
+            sent.append(b"".join(bytes(p) for p in parts))
+            return await put(key, parts)
+
+        monkeypatch.setattr(backend, "invoke", recording_invoke)
+        monkeypatch.setattr(store, "put", recording_put)
+        assert (da.ones((300, 300), chunks=100) + 1).sum().compute() == 180_000
+        key_hex = client.cluster.settings.signing_key.hex().encode()
+    assert len(sent) > 9
+    for blob in sent:
+        assert key_hex not in blob
+        assert b"very-secret-key-material" not in blob and b"testing" not in blob
