@@ -275,14 +275,8 @@ class LambdaExecutor(_AsyncExecutor):
         start = time()
         key = task.key
         if type(task) in _LOCAL_TASKS:  # renaming or literal data: no work worth a Lambda
-            value = task(data)
             self.stats.local_tasks += 1
-            if isinstance(value, protocol.ObjectRef):
-                return self._finished(value, value.size, _type_named(value.type), start, delay)
-            from dask.sizeof import sizeof
-
-            return self._finished(value, sizeof(value), type(value) if value is not None else None,
-                                  start, delay)
+            return self._finished(task(data), start, delay)
         try:
             frames = serialize.dumps((task, (data,), {}))
         except Exception as exc:
@@ -299,7 +293,7 @@ class LambdaExecutor(_AsyncExecutor):
         if isinstance(outcome, protocol.ObjectRef):  # the output stays in S3
             self.stats.outputs_in_s3 += 1
             self.stats.output_bytes_in_s3 += outcome.nbytes
-            return self._finished(outcome, outcome.size, _type_named(outcome.type), start, delay)
+            return self._finished(outcome, start, delay)
         header = outcome.header
         if header["kind"] == "error":
             exc = outcome.load()
@@ -311,11 +305,7 @@ class LambdaExecutor(_AsyncExecutor):
 
                 tb = tblib.Traceback.from_dict(header["traceback"]).as_traceback()
             return self._erred(key, exc, tb, header.get("traceback_text", ""), start, delay)
-        from dask.sizeof import sizeof
-
-        value = outcome.load()
-        return self._finished(value, sizeof(value), type(value) if value is not None else None,
-                              start, delay)
+        return self._finished(outcome.load(), start, delay)
 
     async def _call(self, token: str, parts: list,
                     key: Any = None) -> protocol.Payload | protocol.ObjectRef:
@@ -444,7 +434,14 @@ class LambdaExecutor(_AsyncExecutor):
 
     # -- results in the worker's format (see distributed.worker._run_task_simple) ----------------
 
-    def _finished(self, value: Any, nbytes: int, typ: Any, start: float, delay: float) -> dict:
+    def _finished(self, value: Any, start: float, delay: float) -> dict:
+        """The worker's message for a finished task; a reference reports its value's size."""
+        if isinstance(value, protocol.ObjectRef):
+            nbytes, typ = value.size, _type_named(value.type)
+        else:
+            from dask.sizeof import sizeof
+
+            nbytes, typ = sizeof(value), type(value) if value is not None else None
         return {"op": "task-finished", "status": "OK", "result": value, "nbytes": nbytes,
                 "type": typ, "start": start + delay, "stop": time() + delay,
                 "thread": threading.get_ident()}
