@@ -15,6 +15,11 @@ the same number of parallel slots (``--concurrency``, default 2):
     ``dask_lambda.LambdaClient(backend="local")`` with ``concurrency``
     execution environments (local processes standing in for Lambda, plus a
     moto S3 server).
+``lambda-sim``
+    ``dask_lambda.LambdaClient(backend=SimulatedBackend(...))`` with zero invoke
+    latency and cold start: the simulated Lambda runs no task code and answers
+    every invocation at once, so what is left is the client process's own work
+    (scheduler, gateway, job pickling and signing, result decoding).
 
 Two workloads of trivial tasks (``inc``), so that what is timed is overhead:
 
@@ -25,6 +30,11 @@ Two workloads of trivial tasks (``inc``), so that what is timed is overhead:
     ``--chain`` (default 100) tasks, each depending on the one before:
     ``x = inc(x)`` with ``dask.delayed``, then ``client.compute(x).result()``
     (the graph is built before the clock starts).
+
+``--setups`` picks and orders the setups (default: all four).  ``LambdaClient``
+raises the garbage collector's young-generation threshold while it is open
+(:mod:`dask_lambda.gc_tuning`); ``--gc-threshold N`` gives every setup the same
+threshold, for a like-for-like comparison of the rest.
 
 Every repetition uses new keys, so nothing is cached.  Per setup, each
 workload runs once as a warm-up (not counted: it starts Lambda execution
@@ -47,6 +57,7 @@ From the repository root::
     python benchmarks/overhead.py                    # full run (about 75 s on 2 cores)
     python benchmarks/overhead.py --quick            # smoke test: tiny sizes, 1 repetition
     python benchmarks/overhead.py --repeat 9 --json results.json
+    python benchmarks/overhead.py --tasks 5000 --chain 500 --setups threads,lambda-sim,lambda-local
 """
 
 from __future__ import annotations
@@ -72,7 +83,8 @@ import dask
 import psutil
 from distributed import Client, LocalCluster
 
-from dask_lambda import LambdaClient
+from dask_lambda import LambdaClient, gc_tuning
+from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend
 
 REFERENCE = "threads"
 WORKLOADS = ("map", "chain")
@@ -93,6 +105,8 @@ class Setup:
     name: str
     label: str
     open: Callable[[int], contextlib.AbstractContextManager[Client]]
+    #: False for the simulated Lambda, which runs no task code: every task returns None.
+    runs_tasks: bool = True
 
 
 @contextlib.contextmanager
@@ -113,22 +127,33 @@ def _lambda_client(concurrency: int) -> Iterator[Client]:
         yield client
 
 
+@contextlib.contextmanager
+def _simulated_client(concurrency: int) -> Iterator[Client]:
+    backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0))
+    with LambdaClient("s3://dask-lambda-bench/overhead", backend=backend,
+                      concurrency=concurrency, dashboard_address=None,
+                      set_as_default=False) as client:
+        yield client
+
+
 SETUPS = (
     Setup("threads", "(a) LocalCluster(processes=False)",
           functools.partial(_local_cluster, False)),
     Setup("processes", "(b) LocalCluster(processes=True)",
           functools.partial(_local_cluster, True)),
     Setup("lambda-local", '(c) LambdaClient(backend="local")', _lambda_client),
+    Setup("lambda-sim", "(d) LambdaClient(simulated, 0 ms)", _simulated_client,
+          runs_tasks=False),
 )
 
 
 # -- workloads ---------------------------------------------------------------------------------
 
 
-def run_map(client: Client, n: int) -> None:
+def run_map(client: Client, n: int, runs_tasks: bool = True) -> None:
     futures = client.map(inc, range(n), pure=False)
     results = client.gather(futures)
-    if results != list(range(1, n + 1)):
+    if results != (list(range(1, n + 1)) if runs_tasks else [None] * n):
         raise AssertionError("map workload returned wrong results")
 
 
@@ -140,9 +165,9 @@ def build_chain(n: int) -> Any:
     return x
 
 
-def run_chain(client: Client, graph: Any, n: int) -> None:
+def run_chain(client: Client, graph: Any, n: int, runs_tasks: bool = True) -> None:
     result = client.compute(graph).result()
-    if result != n:
+    if result != (n if runs_tasks else None):
         raise AssertionError(f"chain workload returned {result!r}, not {n}")
 
 
@@ -240,10 +265,11 @@ def bench_setup(setup: Setup, args: argparse.Namespace) -> tuple[float, list[Res
             before: dict[str, int] | None = None
             for rep in range(args.repeat + 1):  # repetition 0 is the warm-up
                 if workload == "map":
-                    sample = measure(functools.partial(run_map, client, n))
+                    sample = measure(functools.partial(run_map, client, n, setup.runs_tasks))
                 else:
                     graph = build_chain(n)
-                    sample = measure(functools.partial(run_chain, client, graph, n))
+                    sample = measure(functools.partial(run_chain, client, graph, n,
+                                                       setup.runs_tasks))
                     del graph
                 wait_idle(client)
                 if rep == 0:
@@ -336,7 +362,8 @@ def environment() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Per-task overhead: LocalCluster (threads, processes) vs LambdaClient(local).")
+        description="Per-task overhead: LocalCluster (threads, processes) vs LambdaClient "
+                    "(local, simulated).")
     parser.add_argument("--repeat", type=int, default=None,
                         help="measured repetitions per workload (default 5; --quick: 1)")
     parser.add_argument("--tasks", type=int, default=None,
@@ -348,8 +375,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "Lambda concurrency (c) (default 2)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sizes and one repetition unless given")
+    parser.add_argument("--setups", default=",".join(s.name for s in SETUPS),
+                        help="comma-separated setups to run, in order (default: all: "
+                             f"{','.join(s.name for s in SETUPS)})")
+    parser.add_argument("--gc-threshold", type=int, default=None, metavar="N",
+                        help="run every setup with the garbage collector's young-generation "
+                             "threshold at least N (LambdaClient uses "
+                             f"{gc_tuning.GEN0_THRESHOLD} on its own)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    names = {s.name: s for s in SETUPS}
+    args.setups = [x.strip() for x in args.setups.split(",") if x.strip()]
+    unknown = [x for x in args.setups if x not in names]
+    if unknown or not args.setups:
+        parser.error(f"unknown setup(s) {unknown}: choose from {', '.join(names)}, "
+                     "e.g. --setups threads,lambda-sim")
     quick = {"repeat": 1, "tasks": 20, "chain": 5}
     full = {"repeat": 5, "tasks": 1000, "chain": 100}
     for name, default in (quick if args.quick else full).items():
@@ -368,12 +408,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
           f"distributed {env['versions']['distributed']}, git {env['git']}", flush=True)
     print(f"map: {args.tasks} tasks, chain: {args.chain} tasks, repeat: {args.repeat}, "
-          f"concurrency: {args.concurrency}", flush=True)
+          f"concurrency: {args.concurrency}, gc threshold for all setups: "
+          f"{args.gc_threshold or 'default'}", flush=True)
     results: list[Result] = []
     startups: dict[str, float] = {}
     totals: dict[str, dict | None] = {}
-    for setup in SETUPS:
-        startups[setup.name], setup_results, totals[setup.name] = bench_setup(setup, args)
+    for setup in (s for name in args.setups for s in SETUPS if s.name == name):
+        with (gc_tuning.collect_less_often(args.gc_threshold) if args.gc_threshold
+              else contextlib.nullcontext()):
+            startups[setup.name], setup_results, totals[setup.name] = bench_setup(setup, args)
         results.extend(setup_results)
     add_ratios(results)
     print()
@@ -381,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"environment": env,
                   "arguments": {k: getattr(args, k) for k in
-                                ("repeat", "tasks", "chain", "concurrency", "quick")},
+                                ("repeat", "tasks", "chain", "concurrency", "quick", "setups",
+                                 "gc_threshold")},
                   "startup_s": startups,
                   "lambda_stats_total": {k: v for k, v in totals.items() if v is not None},
                   "results": [asdict(r) for r in results]}

@@ -55,6 +55,60 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dask_lambda_handler import protocol
+
+    from . import config, runs
+    from .cluster import parse_bucket
+    from .store import S3Store
+
+    bucket, prefix = parse_bucket(args.bucket)
+    older_than = float(config.get("stale-after", args.older_than))
+
+    async def go() -> dict[str, int]:
+        store = S3Store(bucket, endpoint_url=args.endpoint_url, region=args.region)
+        await store.start()
+        try:
+            await store.check_bucket()
+            return await runs.cleanup_stale_runs(
+                store, protocol.Layout(bucket, prefix, "cleanup"), older_than)
+        finally:
+            await store.close()
+
+    removed = asyncio.run(go())
+    for run, count in sorted(removed.items()):
+        print(f"run {run}: removed {count} objects")
+    print(f"{len(removed)} stale runs removed from s3://{bucket}/{prefix} "
+          f"(idle for {older_than:g} s or more)")
+    return 0
+
+
+def _config() -> int:
+    import os
+
+    import dask
+
+    from . import config
+
+    def walk(schema: dict, path: str) -> None:
+        for name, spec in schema.get("properties", {}).items():
+            key = f"{path}.{name}" if path else name
+            if spec.get("type") == "object":
+                walk(spec, key)
+                continue
+            env = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+            value = dask.config.get(key, None)
+            source = "environment" if env in os.environ else "dask config/default"
+            print(f"{key} = {value!r}  [{source}; env {env}]")
+            print(f"    {' '.join(spec.get('description', '').split())}")
+
+    print("Effective dask-lambda settings (argument > dask.config/environment > default):")
+    walk(config.schema(), "")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-lambda`` console script."""
     parser = argparse.ArgumentParser(prog="dask-lambda",
@@ -66,9 +120,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--backend", default="local", help="local or aws (default: %(default)s)")
     demo.add_argument("--concurrency", type=int, default=None,
                       help="tasks running at once (default: lambda.concurrency)")
+    cleanup = sub.add_parser(
+        "cleanup", help="remove the objects that dead clients left in a bucket")
+    cleanup.add_argument("--bucket", required=True, help="bucket or s3://bucket/prefix")
+    cleanup.add_argument("--older-than", type=float, default=None,
+                         help="seconds a run must have been idle (default: lambda.stale-after)")
+    cleanup.add_argument("--endpoint-url", default=None,
+                         help="S3 endpoint (default: boto's, e.g. AWS_ENDPOINT_URL)")
+    cleanup.add_argument("--region", default=None, help="AWS region (default: boto's)")
+    sub.add_parser("config", help="print the effective settings and where each comes from")
+    from .deploy import cli as deploy_cli
+
+    deploy_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "cleanup":
+        return _cleanup(args)
+    if args.command == "config":
+        return _config()
+    if args.command in deploy_cli.COMMANDS:
+        return deploy_cli.run(args)
     return 2  # pragma: no cover (argparse rejects unknown commands)
 
 

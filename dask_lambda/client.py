@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -9,11 +12,51 @@ from distributed import Client
 
 from dask_lambda_handler.protocol import ObjectRef
 
+from . import gc_tuning
+from .backends.base import Backend
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
 
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
 TASK_BASED = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
+
+
+class _WhileAnyOpen:
+    """Set `TASK_BASED` while at least one client is open; restore it when the last closes.
+
+    A plain ``dask.config.set`` per client restores stale values when clients close in
+    another order than they opened.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients = 0
+        self._saved: dict[str, Any] = {}
+
+    def enter(self) -> None:
+        with self._lock:
+            self._clients += 1
+            if self._clients == 1:
+                self._saved = {k: dask.config.get(k, None) for k in TASK_BASED}
+                dask.config.set(TASK_BASED)
+
+    def exit(self) -> None:
+        with self._lock:
+            self._clients -= 1
+            if self._clients == 0:
+                dask.config.set(self._saved)
+
+
+_TASK_BASED = _WhileAnyOpen()
+
+
+@contextlib.contextmanager
+def _task_based_shuffle() -> Iterator[None]:
+    _TASK_BASED.enter()
+    try:
+        yield
+    finally:
+        _TASK_BASED.exit()
 
 
 class LambdaClient(Client):
@@ -25,7 +68,10 @@ class LambdaClient(Client):
         ``"s3://bucket/prefix"`` or ``"bucket"``: where job and result objects go.
     backend
         ``"local"`` (default: processes on this machine acting as Lambda, with a
-        local S3 server; no AWS account needed) or ``"aws"``.
+        local S3 server; no AWS account needed) or ``"aws"``; or a `Backend` instance
+        made without settings, such as
+        ``dask_lambda.backends.simulated.SimulatedBackend()``, which gets this
+        client's settings.
     concurrency
         Most tasks running at once.
     memory, timeout
@@ -43,21 +89,24 @@ class LambdaClient(Client):
     """
 
     _CLUSTER_ARGS = ("inline_max", "retries", "locality", "max_output", "oom_retry_memory",
-                     "cost_budget", "local_faults", "local_s3_endpoint", "dashboard_address",
-                     "loop")
+                     "cost_budget", "stale_after", "local_faults", "local_s3_endpoint", "dashboard_address",
+                     "function", "region", "mode", "loop")
 
-    def __init__(self, bucket: str | None = None, *, backend: str | None = None,
+    def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
                  concurrency: int | None = None, memory: int | None = None,
                  timeout: float | None = None, asynchronous: bool = False, **kwargs: Any):
         cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
         cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
                                 memory=memory, timeout=timeout, asynchronous=asynchronous,
                                 **cluster_args)
-        self._task_based = dask.config.set(TASK_BASED)
+        # Process-wide settings while the client is open (undone by close).
+        self._while_open = contextlib.ExitStack()
+        self._while_open.enter_context(_task_based_shuffle())
+        self._while_open.enter_context(gc_tuning.collect_less_often())
         try:
             super().__init__(cluster, asynchronous=asynchronous, **kwargs)
         except BaseException:
-            self._task_based.__exit__(None, None, None)
+            self._while_open.close()
             cluster.close()
             raise
 
@@ -88,9 +137,19 @@ class LambdaClient(Client):
             cluster = getattr(self, "cluster", None)
             if cluster is not None:
                 await cluster.close()
-            if getattr(self, "_task_based", None) is not None:
-                self._task_based.__exit__(None, None, None)
-                self._task_based = None
+            if getattr(self, "_while_open", None) is not None:
+                self._while_open.close()
+                self._while_open = None
+
+    def get_task_logs(self, key: Any) -> list[dict]:
+        """What a task printed or logged inside Lambda, one entry per invocation that printed.
+
+        Each entry has ``text``, the Lambda ``request_id`` (to find the full log in
+        CloudWatch) and the ``attempt``. Accepts a key or a future.
+        """
+        key = getattr(key, "key", key)
+        executor = self.cluster.executor
+        return list(executor.logs.get(str(key), [])) if executor is not None else []
 
     def cost_report(self) -> dict:
         """What this client's Lambda work cost so far: invocations, GB-seconds, S3, dollars."""

@@ -8,6 +8,8 @@ worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -18,6 +20,7 @@ import uuid
 from typing import Any
 
 from distributed import Scheduler, Worker
+from distributed.worker import DEFAULT_METRICS
 from distributed.deploy.spec import SpecCluster
 from dask_lambda_handler import protocol
 
@@ -25,7 +28,7 @@ from . import config, runs
 from .cost import CostMeter
 from .backends.base import Backend, FunctionSettings
 from .errors import ConfigurationError
-from .executor import LambdaExecutor
+from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
 from .store import S3Store
 
 BACKENDS = ("local", "aws")
@@ -75,42 +78,49 @@ class LambdaCluster(SpecCluster):
     bucket
         ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``.
     backend
-        ``"local"`` or ``"aws"``; default ``lambda.backend``.
+        ``"local"`` or ``"aws"``; default ``lambda.backend``. Or a `Backend` made without
+        settings (e.g. ``SimulatedBackend()``): the cluster gives it its settings through
+        `Backend.configure`.
     concurrency, memory, timeout, inline_max, retries, locality, max_output, \
-    oom_retry_memory, cost_budget
+    oom_retry_memory, cost_budget, stale_after
         See the ``lambda`` configuration schema; defaults from ``dask.config``.
     local_faults
         Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
     local_s3_endpoint
         Local backend: use this S3 endpoint instead of starting a moto server.
+    function, region, mode
+        aws backend: the deployed function (``lambda.aws.function``), its region (default:
+        boto's) and how jobs reach it, ``"invoke"`` or ``"trigger"`` (``lambda.aws.mode``).
     dashboard_address
         Scheduler dashboard address; default ``lambda.dashboard-address``.
     asynchronous, loop
         As for any ``SpecCluster``.
     """
 
-    def __init__(self, bucket: str | None = None, *, backend: str | None = None,
+    def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
                  concurrency: int | None = None, memory: int | None = None,
                  timeout: float | None = None, inline_max: int | None = None,
                  retries: int | None = None, locality: bool | None = None,
                  max_output: int | None = None, oom_retry_memory: int | None = None,
-                 cost_budget: float | None = None, local_faults: Any = None,
-                 local_s3_endpoint: str | None = None,
+                 cost_budget: float | None = None, stale_after: float | None = None,
+                 local_faults: Any = None,
+                 local_s3_endpoint: str | None = None, function: str | None = None,
+                 region: str | None = None, mode: str | None = None,
                  dashboard_address: str | None = None, asynchronous: bool = False,
                  loop: Any = None):
         self.bucket, self.prefix = parse_bucket(config.get("bucket", bucket))
         backend = config.get("backend", backend)
-        if backend not in BACKENDS:
+        if isinstance(backend, type) and issubclass(backend, Backend):
+            raise ConfigurationError(
+                f"backend={backend.__name__} is a class: pass an instance, e.g. "
+                f"LambdaClient(\"s3://{self.bucket}\", backend={backend.__name__}())")
+        if not isinstance(backend, Backend) and backend not in BACKENDS:
             raise ConfigurationError(
                 f"unknown backend {backend!r}: choose one of {', '.join(map(repr, BACKENDS))}, "
                 f"e.g. LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
-        if backend == "aws":
-            raise ConfigurationError(
-                "backend=\"aws\" is not available in this version of dask-lambda yet; use "
-                f"LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
         concurrency = config.get("concurrency", concurrency)
         if concurrency is None:
-            concurrency = os.cpu_count() or 1
+            concurrency = 1000 if backend == "aws" else (os.cpu_count() or 1)
         settings = FunctionSettings(
             concurrency=_positive_int("concurrency", concurrency),
             memory=_positive_int("memory", config.get("memory", memory)),
@@ -126,11 +136,29 @@ class LambdaCluster(SpecCluster):
         self.settings = settings
         self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
 
-        from .backends.local import LocalBackend
+        self.backend: Backend
+        if isinstance(backend, Backend):  # injected: it takes the settings built here
+            backend.configure(settings)
+            self.backend = backend
+        elif backend == "aws":
+            from .backends.aws import AwsBackend
+            from .deploy import keys, names
 
-        self.backend: Backend = LocalBackend(
-            settings, s3_endpoint=config.get("local.s3-endpoint", local_s3_endpoint),
-            python=config.get("local.python"), faults=local_faults)
+            function = config.get("aws.function", function)
+            region = config.get("aws.region", region)
+            deploy = names.deploy_command(self.bucket, self.prefix, function, region)
+            self.settings = settings = dataclasses.replace(  # the key deploy stored, not a new one
+                settings, signing_key=keys.load(function, deploy))
+            self.backend = AwsBackend(
+                settings, layout=self.layout, function=function, region=region,
+                mode=config.get("aws.mode", mode),
+                notification_grace=float(config.get("aws.notification-grace")))
+        else:
+            from .backends.local import LocalBackend
+
+            self.backend = LocalBackend(
+                settings, s3_endpoint=config.get("local.s3-endpoint", local_s3_endpoint),
+                python=config.get("local.python"), faults=local_faults)
         self._own_bucket = config.get("local.s3-endpoint", local_s3_endpoint) is None
         self.store: S3Store | None = None
         self.executor: LambdaExecutor | None = None
@@ -154,6 +182,7 @@ class LambdaCluster(SpecCluster):
                 f"cost_budget must be a positive number of dollars, not {budget!r}: e.g. "
                 "LambdaClient(..., cost_budget=5.0)")
         self.cost = CostMeter(settings.memory, None if budget is None else float(budget))
+        self._stale_after = float(config.get("stale-after", stale_after))
         self._heartbeat_task: Any = None
         self.stale_runs_removed: dict[str, int] = {}
         self._saved_env: dict[str, str | None] = {}
@@ -173,10 +202,10 @@ class LambdaCluster(SpecCluster):
             await self.backend.start()
             self.store = S3Store(self.bucket, **self.backend.s3_options)
             await self.store.start()
-            await self.store.check_bucket(create=self.backend.name == "local")
+            await self.store.check_bucket(create=self.backend.creates_bucket)
             await runs.write_marker(self.store, self.layout, time.time())
             self.stale_runs_removed = await runs.cleanup_stale_runs(
-                self.store, self.layout, float(config.get("stale-after")))
+                self.store, self.layout, self._stale_after)
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
@@ -184,8 +213,11 @@ class LambdaCluster(SpecCluster):
                 inline_max=self._inline_max, retries=self._retries, locality=self._locality,
                 max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
                 cost=self.cost)
+            self.local_executor = LocalTaskExecutor(self.executor, os.cpu_count() or 1)
             self.worker_spec = {"lambda-gateway": {"cls": Worker, "options": {
-                "nthreads": self.settings.concurrency, "executor": self.executor,
+                "nthreads": self.settings.concurrency,
+                "executor": {"default": self.executor, "local": self.local_executor},
+                "metrics": {**DEFAULT_METRICS, **gateway_metrics(self.executor)},
                 "memory_limit": 0, "data": self.executor.data,
                 "local_directory": self._local_directory,
                 "name": "lambda-gateway"}}}
@@ -216,6 +248,7 @@ class LambdaCluster(SpecCluster):
             self._heartbeat_task.cancel()
             self._heartbeat_task = None
         try:
+            await self.backend.stop()  # nothing may write after the run's objects are deleted
             if self.executor is not None:
                 executor, self.executor = self.executor, None
                 self._final_stats = executor.stats
@@ -223,7 +256,8 @@ class LambdaCluster(SpecCluster):
             if self.store is not None:
                 store, self.store = self.store, None
                 try:
-                    await store.delete([self.layout.run_marker])
+                    with contextlib.suppress(Exception):  # e.g. a bucket we could never use
+                        await store.delete([self.layout.run_marker])
                 finally:
                     await store.close()
         finally:

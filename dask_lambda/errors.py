@@ -66,3 +66,25 @@ class BudgetExceededError(DaskLambdaError):
 
 class PermissionDeniedError(DaskLambdaError, PermissionError):
     """AWS refused an action; the message names the permission that is missing."""
+
+
+class VersionMismatchError(ConfigurationError):
+    """The deployed function runs other versions of Python or the libraries than this machine."""
+
+
+class DeployError(DaskLambdaError):
+    """``dask-lambda deploy``/``destroy`` could not do what was asked; the message says why and what to do."""
+
+
+class PackageTooLargeError(DeployError):
+    """The deployment package is over Lambda's limit for zip packages (250 MB unzipped).
+
+    Attributes
+    ----------
+    dockerfile
+        A Dockerfile written for the container-image path (up to 10 GB).
+    """
+
+    def __init__(self, message: str, dockerfile: str = ""):
+        super().__init__(message)
+        self.dockerfile = dockerfile

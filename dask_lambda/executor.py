@@ -45,6 +45,7 @@ from .errors import (
     RemoteTaskError,
     ResultLostError,
 )
+from .scaling import Governor
 from .store import S3Store
 
 _GC_INTERVAL = 1.0
@@ -166,34 +167,30 @@ class _AsyncExecutor(concurrent.futures.Executor):
     def __init__(self) -> None:
         self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> asyncio.Future:  # type: ignore[override]
+        """Start ``fn(*args)`` on the running (worker's) loop; returns its asyncio task.
+
+        The worker awaits what this returns through ``loop.run_in_executor``, which hands
+        an asyncio future through as it is (`asyncio.wrap_future`): no concurrent future,
+        no thread hand-off and no wake-up of the loop through its self-pipe per task.
+        """
         from distributed.worker import _run_task_simple
 
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        loop = asyncio.get_running_loop()  # the worker's event loop
         if fn is not _run_task_simple or kwargs:
-            future.set_exception(DaskLambdaError(
+            refused = loop.create_future()
+            refused.set_exception(DaskLambdaError(
                 f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
                 "worker executors are not supported in Lambda"))
-            return future
-        loop = asyncio.get_running_loop()  # the worker's event loop
+            return refused
         task = loop.create_task(self._run_task(*args))
         self._running[task] = loop
-
-        def done(t: asyncio.Task) -> None:
-            self._running.pop(t, None)
-            if future.done():  # the worker cancelled it meanwhile
-                return
-            if t.cancelled():
-                future.cancel()
-                future.set_running_or_notify_cancel()
-            elif t.exception() is not None:
-                future.set_exception(t.exception())
-            else:
-                future.set_result(t.result())
-
-        task.add_done_callback(done)
+        task.add_done_callback(self._forget)
         self._started(loop)
-        return future
+        return task
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._running.pop(task, None)
 
     def _started(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hook: called on each submit, on the worker's loop."""
@@ -259,6 +256,10 @@ class LambdaExecutor(_AsyncExecutor):
         self.logs: OrderedDict[str, list[dict]] = OrderedDict()
         self._garbage: list[str] = []
         self._gc: asyncio.Task | None = None
+        #: Paces invocations to Lambda's scaling rate and to the limit learnt from 429s.
+        self.governor = Governor(backend.settings.concurrency, rate=backend.scaling_rate,
+                                 period=backend.scaling_period)
+        serialize.prepare()
 
     # -- one task -------------------------------------------------------------------------
 
@@ -353,12 +354,12 @@ class LambdaExecutor(_AsyncExecutor):
         raise AssertionError("unreachable")
 
     async def _invoke(self, event: dict, key: Any, memory: int | None) -> dict:
-        """One invocation: budget check, then backoff and retry while Lambda throttles."""
+        """One invocation: budget check, a slot from the governor (Lambda's scaling rules),
+        then backoff and retry while Lambda throttles."""
         for throttled in itertools.count():
             self.cost.reserve(f"task {key!r}")
             try:
-                response = await (self.backend.invoke(event, memory=memory) if memory
-                                  else self.backend.invoke(event))
+                response = await self._invoke_paced(event, memory)
             except FunctionError as exc:
                 self.cost.settle(0)
                 if exc.error_type == "InputLostError":
@@ -388,6 +389,22 @@ class LambdaExecutor(_AsyncExecutor):
                 self._keep_log(key, event, stats, response["log"])
             return response
         raise AssertionError("unreachable")
+
+    async def _invoke_paced(self, event: dict, memory: int | None) -> dict:
+        """Invoke once, when the governor gives a slot; tell it whether Lambda throttled."""
+        governor = self.governor
+        await governor.acquire()
+        try:
+            response = await (self.backend.invoke(event, memory=memory) if memory
+                              else self.backend.invoke(event))
+        except LambdaThrottledError:
+            governor.release(throttled=True)
+            raise
+        except BaseException:
+            governor.release(throttled=False, succeeded=False)
+            raise
+        governor.release(throttled=False)
+        return response
 
     def _keep_log(self, key: Any, event: dict, stats: dict, text: str) -> None:
         entries = self.logs.setdefault(str(key), [])

@@ -21,13 +21,15 @@ Lambda reports as a function error.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sys
+import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from . import protocol, s3io
+from . import compat, protocol, s3io, trigger
 from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
 
 _COLD = True
@@ -58,7 +60,8 @@ _WORKER_MODULES = {"distributed", "distributed.worker", "distributed.client",
 def _find_class(module: str, name: str) -> Any:
     if module in _WORKER_MODULES and name in _WORKER_ONLY:
         return _unavailable(name)
-    return None
+    stand_in = compat.STAND_INS.get((module, name))
+    return stand_in() if stand_in is not None else None
 
 
 def _s3() -> Any:
@@ -198,10 +201,44 @@ def _failed(exc: BaseException) -> tuple:
     return "error", header, frames, 0, None
 
 
-def _execute(func: Any, args: tuple, kwargs: dict) -> tuple:
+#: Most bytes of a task's printed output returned to the client (all of it stays in the log).
+LOG_LIMIT = 64 * 1024
+
+
+@contextlib.contextmanager
+def _captured_output(box: dict) -> Iterator[None]:
+    """Capture what the task writes to file descriptors 1 and 2 (prints, logging, C code).
+
+    The text is also written on to the original stderr, so it still reaches the
+    function's log (CloudWatch on AWS, the terminal on the local backend).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            data = sink.read()
+            if data:
+                os.write(2, data)
+                box["log"] = data[-LOG_LIMIT:].decode(errors="replace")
+
+
+def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
     """Run the task: (status, header, frames, sizeof, type name) of its output or error."""
     try:
-        result = func(*args, **kwargs)
+        with _captured_output(box):
+            result = func(*args, **kwargs)
     except Exception as exc:
         return _failed(exc)
     try:
@@ -219,6 +256,7 @@ def _run(event: dict, context: Any) -> dict:
     cold, _COLD = _COLD, False
     t0 = time.time()
     counts0 = s3io.COUNTS.copy()
+    captured: dict = {}
     key = _signing_key()
     bucket = event["bucket"]
     if event.get("job") is not None:
@@ -238,7 +276,7 @@ def _run(event: dict, context: Any) -> dict:
         del raw, job
         args = _resolve(args)  # a missing input raises out of the handler: not the task's fault
         t1 = time.time()
-        status, header, frames, size, typename = _execute(func, args, kwargs)
+        status, header, frames, size, typename = _execute(func, args, kwargs, captured)
         del func, args, kwargs
     t2 = time.time()
 
@@ -263,10 +301,12 @@ def _run(event: dict, context: Any) -> dict:
         parts = protocol.encode_parts(header, frames, key)
         nbytes = protocol.parts_size(parts)
     response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
-                      "stats": stats, "result": None, "result_key": None}
+                      "stats": stats, "result": None, "result_key": None,
+                      "log": captured.get("log")}
     if nbytes <= int(event.get("inline_max", 0)):
         response["result"] = base64.b64encode(b"".join(parts)).decode()
     else:
+        trigger.refuse_jobs_prefix(event["result_key"], event.get("job_key"))
         s3io.put(_s3(), bucket, event["result_key"], parts, _transfer_concurrency())
         response["result_key"] = event["result_key"]
     del parts, frames
@@ -286,6 +326,8 @@ def _peak_rss_mb() -> float:
 
 def handle(event: dict, context: Any) -> dict:
     """Dispatch one Lambda event."""
+    if "Records" in event:  # S3-trigger mode: an ObjectCreated notification
+        return trigger.handle_records(event, context)
     op = event.get("op")
     if op == "ping":
         return {"status": "ok", "versions": versions()}

@@ -146,3 +146,16 @@ def test_user_script_without_main_guard(tmp_path, s3_endpoint):
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == ["script body ran", "total 10000.0"]
+
+
+def test_settings_are_restored_when_clients_close_out_of_order(s3_endpoint):
+    assert dask.config.get("dataframe.shuffle.method", None) is None
+    first = LambdaClient("s3://t-order-a", local_s3_endpoint=s3_endpoint, concurrency=1,
+                         dashboard_address=None, set_as_default=False)
+    second = LambdaClient("s3://t-order-b", local_s3_endpoint=s3_endpoint, concurrency=1,
+                          dashboard_address=None, set_as_default=False)
+    first.close()
+    assert dask.config.get("dataframe.shuffle.method") == "tasks"  # second is still open
+    second.close()
+    assert dask.config.get("dataframe.shuffle.method", None) is None
+    assert dask.config.get("array.rechunk.method", None) is None

@@ -56,3 +56,61 @@ def test_overhead_benchmark_quick_mode_runs(tmp_path):
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "out.json").stat().st_size > 0
+
+
+def _cli(*args, env=None):
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"], **(env or {}))
+    return subprocess.run(["dask-lambda", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_config_command_prints_every_setting_with_its_source():
+    import yaml
+
+    out = _cli("config", env={"DASK_LAMBDA__MEMORY": "4096"})
+    assert out.returncode == 0, out.stderr
+    assert "lambda.memory = 4096  [environment; env DASK_LAMBDA__MEMORY]" in out.stdout
+    assert "lambda.timeout = 300  [dask config/default; env DASK_LAMBDA__TIMEOUT]" in out.stdout
+
+    def keys(tree, path=""):
+        for k, v in tree.items():
+            key = f"{path}.{k}" if path else k
+            yield from keys(v, key) if isinstance(v, dict) else [key]
+
+    defaults = yaml.safe_load((ROOT / "dask_lambda" / "lambda.yaml").read_text())
+    for key in keys(defaults):  # every default is documented in the schema and printed
+        assert f"\n{key} = " in out.stdout, key
+    assert out.stdout.count("\n    ") == len(list(keys(defaults)))  # one description each
+
+
+def test_cleanup_command_removes_only_stale_runs(s3_endpoint, s3):
+    bucket = "t-cleanup-cli"
+    s3.create_bucket(Bucket=bucket)
+    for key in ("p/jobs/dead/a-a0.job", "p/results/dead/a-a0.out", "p/runs/dead.json",
+                "p/data/keep.csv"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_DEFAULT_REGION": "us-east-1"}
+    fresh = _cli("cleanup", "--bucket", f"s3://{bucket}/p", "--endpoint-url", s3_endpoint,
+                 env=creds)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip().endswith(
+        f"0 stale runs removed from s3://{bucket}/p (idle for 3600 s or more)")
+    stale = _cli("cleanup", "--bucket", f"s3://{bucket}/p", "--endpoint-url", s3_endpoint,
+                 "--older-than", "0", env=creds)
+    assert stale.returncode == 0, stale.stderr
+    assert "run dead: removed 3 objects" in stale.stdout
+    from .conftest import list_keys
+
+    assert list_keys(s3, bucket) == ["p/data/keep.csv"]  # the user's own data stays
+
+
+def test_scale_benchmark_quick_mode_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick",
+                          "--json", str(tmp_path / "out.json")], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"1,000 x 0\.2 s\s+100\s+[\d.]+s", out.stdout)  # a row of the table
+    assert "invocations, 0 retries, 0 errors" in out.stdout
+    assert (tmp_path / "out.json").stat().st_size > 0

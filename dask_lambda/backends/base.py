@@ -6,6 +6,9 @@ import abc
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigurationError
+from ..scaling import SCALING_PERIOD, SCALING_RATE
+
 
 @dataclass(frozen=True)
 class FunctionSettings:
@@ -36,18 +39,48 @@ class Backend(abc.ABC):
     Lambda-shaped event and returns its response (`invoke`), and removes what
     it started (`close`).  Failures of the execution environment raise the
     typed errors of :mod:`dask_lambda.errors`.
+
+    A backend made without ``settings`` can be given to a client,
+    ``LambdaClient(bucket, backend=SimulatedBackend())``: the cluster then passes it
+    the settings it built (concurrency, memory, timeout, signing key) through
+    `configure`, once, before `start`.
     """
 
     #: Backend name as given to ``LambdaClient(backend=...)``.
     name: str = ""
     #: Whether `invoke` accepts ``memory=`` (a larger memory for one invocation).
     supports_memory_override: bool = False
+    #: Whether the cluster may create a missing bucket (S3 is a private local server).
+    creates_bucket: bool = False
+    #: New execution environments allowed per ``scaling_period`` seconds (the client ramps
+    #: up no faster; see :mod:`dask_lambda.scaling`).
+    scaling_rate: int = SCALING_RATE
+    scaling_period: float = SCALING_PERIOD
+    #: The function's settings (given to ``__init__``, or by the cluster through `configure`).
+    settings: FunctionSettings
 
-    def __init__(self, settings: FunctionSettings):
-        self.settings = settings
+    def __init__(self, settings: FunctionSettings | None = None):
+        if settings is not None:
+            self.settings = settings
         #: Invocations made, cold starts seen.
         self.invocations = 0
         self.cold_starts = 0
+
+    def configure(self, settings: FunctionSettings) -> None:
+        """Take the cluster's function settings (called once, before `start`).
+
+        Raises
+        ------
+        ConfigurationError
+            The backend already has settings: it was made with them, or another client
+            uses it.
+        """
+        if hasattr(self, "settings"):
+            raise ConfigurationError(
+                f"this {type(self).__name__} already has its settings (it was made with "
+                "settings, or another client uses it): give each LambdaClient a new backend "
+                f"made without settings, e.g. LambdaClient(..., backend={type(self).__name__}())")
+        self.settings = settings
 
     @property
     @abc.abstractmethod

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import time
 import uuid
@@ -27,20 +26,18 @@ from typing import Any
 from dask_lambda_handler import protocol
 
 from ..errors import (
-    ConfigurationError,
     FunctionError,
     HandlerCrashedError,
     LambdaOutOfMemoryError,
     LambdaThrottledError,
     LambdaTimeoutError,
 )
-from .base import Backend, FunctionSettings
+from .base import FunctionSettings
 from .faults import FaultPlan
+from .local_s3 import START_TIMEOUT, LocalS3Backend, stop_process
 
 _LEN = struct.Struct(">I")
 HANDLER = "dask_lambda_handler.entry.handler"
-_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-_START_TIMEOUT = 120.0
 _MEMORY_POLL = 0.05
 _VCPU_MB = 1769  # Lambda gives one vCPU per 1,769 MB (AWS-FACTS.md)
 
@@ -87,19 +84,11 @@ class _Environment:
             self.proc.kill()
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            self.proc.stdin.close()  # the runtime exits at end of input
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except asyncio.TimeoutError:
-                self.kill()
-        if self.proc.returncode is None:
-            self.kill()
-        await self.proc.wait()
+        await stop_process(self.proc, grace)  # the runtime exits at end of input
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class LocalBackend(Backend):
+class LocalBackend(LocalS3Backend):
     """Run the handler in local processes that behave like Lambda execution environments.
 
     Parameters
@@ -122,14 +111,10 @@ class LocalBackend(Backend):
     def __init__(self, settings: FunctionSettings, *, s3_endpoint: str | None = None,
                  python: str | None = None, region: str = "us-east-1",
                  faults: FaultPlan | None = None):
-        super().__init__(settings)
+        super().__init__(settings, s3_endpoint=s3_endpoint, python=python, region=region)
         self.faults = faults
         self._throttled: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
-        self.endpoint = s3_endpoint
-        self.python = python or sys.executable
-        self.region = region
-        self._own_s3: asyncio.subprocess.Process | None = None
         self._dir = ""
         self._idle: list[_Environment] = []
         self._all: set[_Environment] = set()
@@ -137,47 +122,11 @@ class LocalBackend(Backend):
         self._monitor: asyncio.Task | None = None
         self._closed = False
 
-    # -- S3 -------------------------------------------------------------------------
-
-    @property
-    def s3_options(self) -> dict[str, Any]:
-        return {"endpoint_url": self.endpoint, "region": self.region,
-                "credentials": dict(_CREDENTIALS), "transfer_concurrency": 1}
-
-    def client_environment(self) -> dict[str, str]:
-        assert self.endpoint is not None
-        return {
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": _CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": _CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-        }
-
-    async def _start_s3(self) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "dask_lambda.backends.s3server",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            cwd=self._dir)
-        self._own_s3 = proc
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), _START_TIMEOUT)
-        except asyncio.TimeoutError:
-            line = b""
-        if not line.startswith(b"PORT "):
-            raise ConfigurationError(
-                "the local S3 server (moto) did not start; is moto installed with its server "
-                "extra? `pip install 'moto[server,s3]'` (or pass local_s3_endpoint=\"http://...\" "
-                "to use one you run)")
-        self.endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
-
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="dask-lambda-local-")
-        if self.endpoint is None:
-            await self._start_s3()
+        await self.start_s3(self._dir)
         self._monitor = asyncio.create_task(self._watch_memory())
 
     async def stop(self) -> None:
@@ -192,10 +141,7 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         await self.stop()
-        if self._own_s3 is not None:
-            env = _Environment(self._own_s3, self._dir)
-            await env.stop(grace=5.0)
-            self._own_s3 = None
+        await self.close_s3()
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -229,7 +175,7 @@ class LocalBackend(Backend):
         env = _Environment(proc, directory)
         self._all.add(env)
         try:
-            hello = await asyncio.wait_for(env.read(), _START_TIMEOUT)
+            hello = await asyncio.wait_for(env.read(), START_TIMEOUT)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError):
             hello = {"init_error": {"errorType": "Runtime.ExitError",
                                     "errorMessage": "the runtime exited during start-up"}}

@@ -1,0 +1,319 @@
+"""The aws backend: tasks run in a deployed AWS Lambda function.
+
+Credentials, region and endpoint come from boto's usual chain (profile,
+environment, ``AWS_ENDPOINT_URL``), so the same code runs against AWS or a
+local emulator.  Two ways to dispatch a job:
+
+``mode="invoke"`` (default)
+    one synchronous (``RequestResponse``) invoke per job, on pooled aiobotocore
+    connections.  The invoke client's read timeout is the function timeout plus a
+    margin and botocore's retries are off: a long task is never re-sent by the
+    SDK (boto's default 60 s read timeout would silently run it twice).  Only
+    connection failures, where nothing was sent, are retried here; a 429 is
+    retried with backoff by the executor; an answer that leaves unknown whether
+    the task ran is a crash, retried by the executor under a new attempt key, so
+    it can never overwrite an accepted output.  Asynchronous invokes (which
+    Lambda may deliver twice) are never used.
+``mode="trigger"``
+    the job is written as an S3 object and the bucket's ObjectCreated
+    notification invokes the function (:mod:`.aws_trigger`).
+
+`start` checks that the function exists and that its handler runs the same
+Python minor version, cloudpickle, dask and dask-lambda as this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+from dask_lambda_handler import protocol
+
+from ..deploy import compat, names
+from ..errors import (
+    ConfigurationError,
+    FunctionError,
+    HandlerCrashedError,
+    LambdaThrottledError,
+    PermissionDeniedError,
+    VersionMismatchError,
+)
+from .aws_errors import invoke_error
+from .base import Backend, FunctionSettings
+
+MODES = ("invoke", "trigger")
+#: Seconds the invoke client waits beyond the function timeout for an answer.
+READ_MARGIN = 60
+_CONNECT_TIMEOUT = 10
+_CONNECT_RETRIES = 5
+_FUNCTION_NAME = re.compile(r"^(arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:)?[A-Za-z0-9_-]{1,64}$")
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _status(exc: Exception) -> int:
+    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def default_region() -> str | None:
+    """The region boto would use (``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile)."""
+    import botocore.session
+
+    return (botocore.session.get_session().get_config_variable("region")
+            or os.environ.get("AWS_REGION") or None)
+
+
+class AwsBackend(Backend):
+    """Invoke a deployed Lambda function for each job.
+
+    Parameters
+    ----------
+    settings
+        Concurrency and the signing key (memory and timeout are the deployed function's).
+    layout
+        The run's S3 key layout.
+    function
+        Name or ARN of the function ``dask-lambda deploy`` made.
+    region
+        AWS region; default: boto's (``AWS_REGION``, the profile).
+    mode
+        ``"invoke"`` or ``"trigger"``.
+    notification_grace
+        Trigger mode: seconds an S3 notification may take to start the function.
+    """
+
+    name = "aws"
+
+    def __init__(self, settings: FunctionSettings, *, layout: protocol.Layout,
+                 function: str = names.DEFAULT_FUNCTION, region: str | None = None,
+                 mode: str = "invoke", notification_grace: float = 120.0):
+        super().__init__(settings)
+        self.layout = layout
+        self.function = function
+        self.mode = mode
+        self.region = region or default_region()
+        where = names.bucket_url(layout.bucket, layout.prefix)
+        if mode not in MODES:
+            raise ConfigurationError(
+                f"mode must be 'invoke' or 'trigger', not {mode!r}: e.g. "
+                f"LambdaClient(\"{where}\", backend=\"aws\", mode=\"trigger\")")
+        if not isinstance(function, str) or not _FUNCTION_NAME.match(function):
+            raise ConfigurationError(
+                f"{function!r} is not a Lambda function name (letters, digits, '-' and '_', "
+                f"at most 64): e.g. LambdaClient(\"{where}\", backend=\"aws\", "
+                "function=\"dask-lambda\")")
+        if not self.region:
+            raise ConfigurationError(
+                "no AWS region: pass one, e.g. LambdaClient(\"" + where + "\", backend=\"aws\", "
+                "region=\"us-east-1\"), or set AWS_REGION (or DASK_LAMBDA__AWS__REGION)")
+        self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
+        self.grace = float(notification_grace)
+        #: The deployed function's timeout (s) and memory (MB), read by `start`.
+        self.function_timeout = float(settings.timeout)
+        self.function_memory = settings.memory
+        self.deployed_versions: dict = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lambda: Any = None
+        self._trigger: Any = None
+
+    @property
+    def s3_options(self) -> dict[str, Any]:
+        return {"endpoint_url": None, "region": self.region, "credentials": None}
+
+    def client_environment(self) -> dict[str, str]:
+        # Keep the user's profile and session token visible while the client is open.
+        return {k: os.environ[k] for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN") if k in os.environ}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        self._stack = contextlib.AsyncExitStack()
+        session = get_session()
+        control = await self._stack.enter_async_context(session.create_client(
+            "lambda", region_name=self.region, config=AioConfig(
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=_CONNECT_TIMEOUT, read_timeout=60)))
+        await self._describe(control)
+        await self._check_versions(control)
+        self._lambda = await self._stack.enter_async_context(session.create_client(
+            "lambda", region_name=self.region, config=AioConfig(
+                read_timeout=self.function_timeout + READ_MARGIN,
+                connect_timeout=_CONNECT_TIMEOUT,
+                retries={"total_max_attempts": 1},  # never re-send an invoke
+                max_pool_connections=max(10, self.settings.concurrency))))
+        if self.mode == "trigger":
+            from .aws_trigger import TriggerDispatcher
+
+            s3 = await self._stack.enter_async_context(session.create_client(
+                "s3", region_name=self.region, config=AioConfig(
+                    retries={"mode": "standard", "max_attempts": 5},
+                    max_pool_connections=max(10, min(256, self.settings.concurrency)))))
+            await self._check_trigger(s3)
+            self._trigger = TriggerDispatcher(
+                s3, self.layout, signing_key=self.settings.signing_key,
+                timeout=self.function_timeout, grace=self.grace, function=self.function,
+                deploy=self.deploy)
+
+    async def stop(self) -> None:
+        if self._trigger is not None:
+            await self._trigger.stop()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def _describe(self, control: Any) -> None:
+        from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+        try:
+            conf = await control.get_function_configuration(FunctionName=self.function)
+        except NoCredentialsError:
+            raise ConfigurationError(
+                "no AWS credentials: configure them as for the AWS CLI (`aws configure`, "
+                "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from None
+        except EndpointConnectionError as exc:
+            raise ConfigurationError(
+                f"cannot reach AWS Lambda in {self.region} ({exc}): check the network, the "
+                "region and AWS_ENDPOINT_URL") from None
+        except Exception as exc:
+            code = _code(exc)
+            if code == "ResourceNotFoundException":
+                raise ConfigurationError(
+                    f"there is no Lambda function {self.function!r} in {self.region}: deploy it "
+                    f"first: `{self.deploy}`") from None
+            if code in ("AccessDeniedException", "UnrecognizedClientException",
+                        "InvalidSignatureException", "ExpiredTokenException"):
+                raise PermissionDeniedError(
+                    f"AWS refused lambda:GetFunctionConfiguration on {self.function!r} ({code}): "
+                    "check your credentials (`aws sts get-caller-identity`) and that they allow "
+                    "lambda:GetFunctionConfiguration and lambda:InvokeFunction on it") from None
+            raise
+        if conf.get("State") not in (None, "Active"):
+            raise ConfigurationError(
+                f"the Lambda function {self.function!r} is {conf.get('State')} "
+                f"({conf.get('StateReason', 'no reason given')}): redeploy it with `{self.deploy}`")
+        self.function_timeout = float(conf.get("Timeout") or self.function_timeout)
+        self.function_memory = int(conf.get("MemorySize") or self.function_memory)
+        self.settings = dataclasses.replace(self.settings, timeout=self.function_timeout,
+                                            memory=self.function_memory)
+
+    async def _check_versions(self, control: Any) -> None:
+        resp = await control.invoke(FunctionName=self.function, Payload=b'{"op": "ping"}')
+        body = await resp["Payload"].read()
+        answer = json.loads(body or b"null")
+        if resp.get("FunctionError") or not isinstance(answer, dict) or "versions" not in answer:
+            raise VersionMismatchError(
+                f"the Lambda function {self.function!r} did not answer dask-lambda's ping "
+                f"({body[:300]!r}): it is not a dask-lambda handler, or a broken one. Redeploy "
+                f"it from this environment: `{self.deploy}`")
+        self.deployed_versions = answer["versions"]
+        diffs = compat.differences(self.deployed_versions)
+        if diffs:
+            raise VersionMismatchError(
+                f"the Lambda function {self.function!r} does not match this environment ("
+                + "; ".join(diffs) + "): tasks pickled here may not load there. Redeploy it "
+                f"from this environment: `{self.deploy}`")
+
+    async def _check_trigger(self, s3: Any) -> None:
+        try:
+            conf = await s3.get_bucket_notification_configuration(Bucket=self.layout.bucket)
+        except Exception as exc:
+            if _code(exc) in ("AccessDenied", "403"):
+                return  # not allowed to look: the grace timeout reports a missing trigger
+            raise
+        want = names.jobs_prefix(self.layout.prefix)
+        for item in conf.get("LambdaFunctionConfigurations", ()):
+            rules = {r["Name"].lower(): r["Value"] for r in
+                     item.get("Filter", {}).get("Key", {}).get("FilterRules", ())}
+            if (item["LambdaFunctionArn"].split(":")[-1] == self.function.split(":")[-1]
+                    and rules.get("prefix") == want
+                    and rules.get("suffix") == names.TRIGGER_SUFFIX):
+                return
+        raise ConfigurationError(
+            f"mode=\"trigger\" needs an S3 notification from s3://{self.layout.bucket}/{want} to "
+            f"the function {self.function!r}, and there is none: set it up with "
+            f"`{self.deploy} --trigger`, or use mode=\"invoke\"")
+
+    # -- invoke ---------------------------------------------------------------------------------
+
+    async def invoke(self, event: dict) -> dict:
+        if self.mode == "trigger":
+            self.invocations += 1
+            response = await self._trigger.run(event)
+        else:
+            response = await self._invoke(event)
+        if (response.get("stats") or {}).get("cold"):
+            self.cold_starts += 1
+        return response
+
+    async def _invoke(self, event: dict) -> dict:
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        payload = json.dumps(event).encode()
+        for attempt in range(_CONNECT_RETRIES + 1):
+            try:
+                resp = await self._lambda.invoke(FunctionName=self.function, Payload=payload,
+                                                 InvocationType="RequestResponse", LogType="Tail")
+                break
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                if attempt == _CONNECT_RETRIES:  # nothing was sent: retrying was safe
+                    raise HandlerCrashedError(
+                        f"cannot connect to AWS Lambda in {self.region}: {exc}") from None
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+            except ReadTimeoutError:
+                self.invocations += 1
+                raise HandlerCrashedError(
+                    f"no answer from Lambda {self.function_timeout + READ_MARGIN:.0f} s after "
+                    "invoking it (the function timeout plus a margin): the connection was lost. "
+                    "The attempt is not re-sent; a new attempt writes its own result.") from None
+            except ConnectionClosedError as exc:
+                self.invocations += 1
+                raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+            except Exception as exc:
+                raise self._client_error(exc) from None
+        self.invocations += 1
+        body = await resp["Payload"].read()
+        if resp.get("FunctionError"):
+            try:
+                err = json.loads(body)
+            except ValueError:
+                err = {"errorType": "Unhandled", "errorMessage": body[:1000].decode("replace")}
+            log = base64.b64decode(resp.get("LogResult") or b"").decode("utf-8", "replace")
+            request_id = resp.get("ResponseMetadata", {}).get("RequestId", "?")
+            raise invoke_error(err if isinstance(err, dict) else {"errorMessage": str(err)}, log,
+                               request_id=request_id, memory=self.function_memory,
+                               timeout=self.function_timeout, deploy=self.deploy)
+        return json.loads(body)
+
+    def _client_error(self, exc: Exception) -> Exception:
+        code, status = _code(exc), _status(exc)
+        if code == "TooManyRequestsException" or status == 429:
+            return LambdaThrottledError(f"Rate Exceeded ({code or 429}): {exc}")
+        if code == "ResourceNotFoundException":
+            return FunctionError(f"the Lambda function {self.function!r} is gone: deploy it again "
+                                 f"with `{self.deploy}`", code)
+        if code in ("AccessDeniedException", "AccessDenied") or status == 403:
+            return PermissionDeniedError(
+                f"AWS refused lambda:InvokeFunction on {self.function!r} ({code}): allow it for "
+                "your credentials (see README, Run on AWS)")
+        if status >= 500:  # unknown whether it ran: a new attempt writes its own result
+            return HandlerCrashedError(f"Lambda answered {code or status}: {exc}")
+        return FunctionError(f"{code}: {exc}", code or "Unhandled")

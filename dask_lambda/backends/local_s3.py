@@ -1,0 +1,101 @@
+"""S3 for backends that run on this machine: moto's server in a process of its own.
+
+Shared by the local backend (which runs the real handler) and the simulated
+backend (which models Lambda without running tasks).  The server is started by
+`LocalS3Backend.start_s3` unless an endpoint is given, spoken to over HTTP like
+the real S3, and stopped by `LocalS3Backend.close_s3`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from ..errors import ConfigurationError
+from .base import Backend, FunctionSettings
+
+#: moto accepts any credentials; these are what local clients and handlers use.
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+START_TIMEOUT = 120.0
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Close ``proc``'s stdin (our children exit at end of input); kill it after ``grace`` s."""
+    if proc.returncode is None and proc.stdin is not None:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            pass
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+
+
+class LocalS3Backend(Backend):
+    """A backend whose S3 is a moto server on 127.0.0.1 (started here) or a given endpoint.
+
+    Parameters
+    ----------
+    settings
+        The function's settings; ``None``: the cluster gives them (`Backend.configure`).
+    s3_endpoint
+        Use this S3 endpoint instead of starting a private moto server.
+    python
+        Interpreter for the processes this backend starts (default: this one).
+    region
+        Region name given to S3 clients.
+    """
+
+    creates_bucket = True
+
+    def __init__(self, settings: FunctionSettings | None = None, *,
+                 s3_endpoint: str | None = None, python: str | None = None,
+                 region: str = "us-east-1"):
+        super().__init__(settings)
+        self.endpoint = s3_endpoint
+        self.python = python or sys.executable
+        self.region = region
+        self._own_s3: asyncio.subprocess.Process | None = None
+
+    @property
+    def s3_options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.endpoint, "region": self.region,
+                "credentials": dict(CREDENTIALS), "transfer_concurrency": 1}
+
+    def client_environment(self) -> dict[str, str]:
+        assert self.endpoint is not None
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    async def start_s3(self, directory: str | None = None) -> None:
+        """Start moto's S3 server (working directory ``directory``) unless an endpoint was given."""
+        if self.endpoint is not None:
+            return
+        proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", "dask_lambda.backends.s3server",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=directory)
+        self._own_s3 = proc
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            line = b""
+        if not line.startswith(b"PORT "):
+            raise ConfigurationError(
+                "the local S3 server (moto) did not start; is moto installed with its server "
+                "extra? `pip install 'moto[server,s3]'` (or pass local_s3_endpoint=\"http://...\" "
+                "to use one you run)")
+        self.endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    async def close_s3(self) -> None:
+        """Stop the S3 server `start_s3` started, if any."""
+        if self._own_s3 is not None:
+            proc, self._own_s3 = self._own_s3, None
+            await stop_process(proc, grace=5.0)

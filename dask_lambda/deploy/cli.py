@@ -1,0 +1,79 @@
+"""The ``deploy``, ``status`` and ``destroy`` subcommands of ``dask-lambda``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = ("deploy", "status", "destroy")
+
+
+def _target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", required=True,
+                        help="bucket or s3://bucket/prefix, as given to LambdaClient")
+    parser.add_argument("--function", default=None,
+                        help="Lambda function name (default: dask-lambda)")
+    parser.add_argument("--region", default=None,
+                        help="AWS region (default: AWS_REGION or the profile's)")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the subcommands to ``dask-lambda``'s parser."""
+    deploy = sub.add_parser(
+        "deploy", help="create or update the bucket, role and function the aws backend uses",
+        description="Build the handler package for the Lambda runtime matching this Python, "
+                    "with this environment's library versions, and create or update the "
+                    "bucket, the IAM role, the function and (--trigger) the S3 trigger.")
+    _target_args(deploy)
+    deploy.add_argument("--memory", type=int, default=2048, help="MB (default: %(default)s)")
+    deploy.add_argument("--timeout", type=int, default=300, help="seconds (default: %(default)s)")
+    deploy.add_argument("--arch", default="x86_64", choices=("x86_64", "arm64"))
+    deploy.add_argument("--trigger", action="store_true",
+                        help="set up the S3 notification for LambdaClient(..., mode='trigger')")
+    deploy.add_argument("--extra-packages", default="",
+                        help="comma-separated packages the tasks import beyond dask, numpy, "
+                             "pandas, pyarrow and s3fs (pinned to the versions installed here)")
+    deploy.add_argument("--attach-policy", action="append", default=[], metavar="ARN",
+                        help="managed policy to attach to the role, e.g. for the tasks' data")
+    deploy.add_argument("--image", default=None, metavar="URI",
+                        help="deploy this container image instead of a zip package")
+    deploy.add_argument("--package", default=None, metavar="ZIP",
+                        help="deploy this prebuilt zip instead of building one")
+    deploy.add_argument("--glibc", default=None, metavar="X.Y",
+                        help="build wheels for this glibc instead of the runtime's (only for "
+                             "emulators that run functions on this machine)")
+    status = sub.add_parser("status", help="show what is deployed and whether it matches here")
+    _target_args(status)
+    destroy = sub.add_parser("destroy", help="remove what deploy made, and nothing else")
+    _target_args(destroy)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a subcommand; errors are printed (with the fix) and give exit code 1."""
+    from pathlib import Path
+
+    from ..errors import DaskLambdaError
+    from . import Target, deploy, destroy, status
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        target = Target.parse(args.bucket, args.function, args.region)
+        if args.command == "deploy":
+            extra = tuple(p.strip() for p in args.extra_packages.split(",") if p.strip())
+            deploy(target, memory=args.memory, timeout=args.timeout, arch=args.arch,
+                   trigger=args.trigger, extra_packages=extra, glibc=args.glibc,
+                   package=Path(args.package) if args.package else None, image=args.image,
+                   attach_policies=tuple(args.attach_policy), out=out)
+            out(f"Deployed. Use it: LambdaClient(\"{args.bucket}\", backend=\"aws\", "
+                f"function=\"{target.function}\", region=\"{target.region}\""
+                + (", mode=\"trigger\")" if args.trigger else ")"))
+            return 0
+        if args.command == "status":
+            return 0 if status(target, out=out) else 1
+        destroy(target, out=out)
+        return 0
+    except DaskLambdaError as exc:
+        print(f"dask-lambda {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 1

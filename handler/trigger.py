@@ -1,0 +1,133 @@
+"""S3-trigger mode: run the job objects that S3 ObjectCreated notifications name.
+
+In this mode (doLambda's design) the client never invokes the function: it writes
+a job object under ``P/jobs/`` whose name ends in ``.trigger.job``, and the
+bucket's notification invokes the function with an S3 event.  For each record
+the handler
+
+1. derives the result key with :func:`protocol.result_key_for_job`;
+2. claims the job by creating ``P/results/<run>/_claims/<name>`` with
+   ``If-None-Match: *``: S3 delivers notifications at least once and Lambda
+   retries asynchronous invocations, so a second delivery of the same job finds
+   the claim and does nothing (a job runs at most once per attempt key);
+3. runs it like an ``op: run`` event (the output always goes to S3);
+4. writes a signed completion record ``P/results/<run>/_done/<name>.json``
+   holding the run's response (or the handler's error), which the client lists.
+
+The handler never writes under the jobs prefix (`refuse_jobs_prefix` checks
+every key it writes), so its own writes can never trigger it again; the role
+that ``dask-lambda deploy`` creates also denies ``s3:PutObject`` there, so a
+task cannot either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Any
+
+from . import protocol
+
+CLAIMS = "_claims"
+DONE = "_done"
+
+
+def state_keys(result_key: str) -> tuple[str, str]:
+    """The claim and completion-record keys of a result key (both beside it, under results/)."""
+    head, _, name = result_key.rpartition("/")
+    return f"{head}/{CLAIMS}/{name}", f"{head}/{DONE}/{name}.json"
+
+
+def done_prefix(results_root: str, run: str) -> str:
+    """Prefix of a run's completion records (what the client lists)."""
+    return f"{results_root}{run}/{DONE}/"
+
+
+def refuse_jobs_prefix(key: str, job_key: str | None) -> None:
+    """Raise unless ``key`` is outside the jobs prefix of ``job_key`` (and outside ``jobs/``).
+
+    A write under the jobs prefix would be a new job object: in S3-trigger mode it
+    would invoke the function again, a loop.
+    """
+    roots = [f"{protocol.JOBS}/"]
+    if job_key:
+        head, sep, _ = job_key.rpartition(f"{protocol.JOBS}/")
+        if sep:
+            roots.append(head + sep)
+    if any(key.startswith(root) for root in roots):
+        raise protocol.PayloadError(
+            f"refusing to write s3 key {key!r}: it is under the jobs prefix, where a write "
+            "would trigger the function again. Results go under results/.")
+
+
+def handle_records(event: dict, context: Any) -> dict:
+    """Run the job object of each S3 record; never raises for one job's failure."""
+    jobs = []
+    for record in event.get("Records") or ():
+        s3 = record.get("s3") or {}
+        bucket = (s3.get("bucket") or {}).get("name", "")
+        key = urllib.parse.unquote_plus((s3.get("object") or {}).get("key", ""))
+        jobs.append(_run_job_object(bucket, key, context))
+    return {"status": "ok", "jobs": jobs}
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _run_job_object(bucket: str, key: str, context: Any) -> dict:
+    from . import runner
+
+    try:
+        result_key = protocol.result_key_for_job(key)
+    except protocol.PayloadError:
+        return _skipped(key, "not a dask-lambda job key")
+    claim, done = state_keys(result_key)
+    for written in (result_key, claim, done):
+        refuse_jobs_prefix(written, key)
+    client = runner._s3()
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _code(exc) in ("404", "NoSuchKey", "NotFound"):  # its run finished: nothing to do
+            return _skipped(key, "the job object is gone")
+        raise
+    request_id = getattr(context, "aws_request_id", None)
+    try:
+        client.put_object(Bucket=bucket, Key=claim, IfNoneMatch="*", Body=json.dumps(
+            {"request_id": request_id, "time": time.time()}).encode())
+    except Exception as exc:
+        if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            return _skipped(key, "duplicate delivery: the job was already claimed")
+        raise
+    event: dict = {"op": "run", "bucket": bucket, "job_key": key, "result_key": result_key,
+                   "inline_max": 0}
+    options = (head.get("Metadata") or {}).get("dask-lambda-options")
+    if options:
+        event.update({k: v for k, v in json.loads(options).items() if k in ("max_output",)})
+    try:
+        record: dict = {"kind": "done", "response": runner._run(event, context)}
+    except Exception as exc:  # the handler failed (not the task): tell the client
+        record = {"kind": "done", "error": {"errorType": type(exc).__name__,
+                                            "errorMessage": str(exc),
+                                            "requestId": request_id}}
+    _write_done(client, bucket, done, record)
+    return {"job_key": key, "result_key": result_key, "done": done}
+
+
+def _skipped(key: str, why: str) -> dict:
+    print(f"dask-lambda: skipped s3 key {key}: {why}", flush=True)  # to the function's log
+    return {"job_key": key, "skipped": why}
+
+
+def _write_done(client: Any, bucket: str, key: str, record: dict) -> None:
+    from . import runner
+
+    try:
+        body = protocol.encode(record, [], runner._signing_key())
+    except protocol.PayloadError:  # no signing key: an unsigned record can only report an error
+        body = json.dumps({"kind": "done", "error": record.get("error") or {
+            "errorType": "PayloadError", "errorMessage": "the function has no signing key"}}
+                          ).encode()
+    client.put_object(Bucket=bucket, Key=key, Body=body)
