@@ -37,12 +37,18 @@ def _demo(args: argparse.Namespace) -> int:
 
         print("\n2. Array: std of a 4000 x 4000 random array in 16 chunks, and (x @ x.T).trace()",
               flush=True)
+        from distributed import progress
+
         x = da.random.default_rng(0).standard_normal((4000, 4000), chunks=(1000, 1000))
-        std, trace = dask.compute(x.std(), (x @ x.T).trace())
+        futures = client.compute([x.std(), (x @ x.T).trace()])
+        progress(futures, notebook=False)
+        print()
+        std, trace = client.gather(futures)
         print(f"   std = {std:.6f}   trace(x @ x.T) = {trace:,.1f}")
         t3 = time.perf_counter()
 
         stats = client.lambda_stats()
+        cost = client.cost_report()
     t4 = time.perf_counter()
     print("\nSummary")
     print(f"  tasks run in Lambda   {stats['tasks']}")
@@ -50,6 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"{stats['retries']} retries)")
     print(f"  bytes sent / received {stats['bytes_sent'] / 1e6:.1f} MB / "
           f"{stats['bytes_received'] / 1e6:.1f} MB")
+    print(f"  billed                {cost['gb_seconds']:.1f} GB-s, {cost['s3_puts']} S3 PUTs, "
+          f"{cost['s3_gets']} S3 GETs: ${cost['dollars']:.6f} at us-east-1 prices")
     print(f"  wall time             {t4 - t0:.1f} s (start {t1 - t0:.1f} s, dataframe "
           f"{t2 - t1:.1f} s, array {t3 - t2:.1f} s, close {t4 - t3:.1f} s)")
     return 0

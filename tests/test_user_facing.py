@@ -28,6 +28,8 @@ def test_demo_command_runs_a_real_workload(tmp_path):
     invocations = int(re.search(r"invocations\s+(\d+)", text).group(1))
     assert tasks > 50 and invocations == tasks
     assert re.search(r"wall time\s+[\d.]+ s", text)
+    assert "100% Completed" in text  # distributed's progress bar
+    assert re.search(r"billed\s+[\d.]+ GB-s, \d+ S3 PUTs, \d+ S3 GETs: \$0\.\d{6} at us-east-1", text)
 
 
 NOTEBOOK_OUTPUTS = {
