@@ -36,6 +36,7 @@ From the repository root::
     python benchmarks/scale.py                  # both scenarios (a few minutes)
     python benchmarks/scale.py --scenarios 10k  # only 10,000 x 1 s
     python benchmarks/scale.py --quick          # smoke test: small sizes (~20 s)
+    python benchmarks/scale.py --saturation 2   # the scheduler gives the gateway 2 tasks per slot
     python benchmarks/scale.py --json results.json
 """
 
@@ -124,7 +125,11 @@ def _loop_profile(client: Any, path: str | None) -> Any:
     flag = threading.Event()
 
     def on_loop(action: Any) -> None:
-        client.loop.add_callback(lambda: (action(), flag.set()))
+        def call() -> None:
+            action()
+            flag.set()
+
+        client.loop.add_callback(call)
         flag.wait()
         flag.clear()
 
@@ -145,6 +150,10 @@ def run_one(name: str, args: argparse.Namespace) -> Figures:
     from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend, constant
 
     tasks, duration, concurrency = (QUICK if args.quick else SCENARIOS)[name]
+    if args.saturation is not None:
+        import dask
+
+        dask.config.set({"distributed.scheduler.worker-saturation": args.saturation})
     model = LambdaModel(invoke_latency=tuple(args.latency), cold_start=tuple(args.cold_start),
                         duration=constant(duration))
     backend = SimulatedBackend(model)
@@ -183,6 +192,7 @@ def spawn(name: str, args: argparse.Namespace) -> Figures:
                "--latency", *map(str, args.latency), "--cold-start", *map(str, args.cold_start)]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--profile", args.profile] if args.profile else []
+        cmd += ["--saturation", repr(args.saturation)] if args.saturation is not None else []
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
             raise SystemExit(f"scenario {name} failed (exit code {proc.returncode})")
@@ -194,7 +204,7 @@ def _label(r: Figures) -> str:
     return f"{r.tasks:,} x {r.duration_s:g} s"
 
 
-def format_table(runs: list[Figures]) -> str:
+def format_table(runs: list[Figures], quick: bool = False) -> str:
     header = (f"{'scenario':<16} {'conc':>5} {'makespan':>9} {'ideal':>7} {'ratio':>6} "
               f"{'CPU s':>7} {'CPU ms/task':>11} {'GC s':>5} {'peak RSS':>9} {'cold':>5} "
               f"{'429s':>5} {'peak in flight':>14} {'busy':>5}")
@@ -215,6 +225,9 @@ def format_table(runs: list[Figures]) -> str:
                      f"RSS before the run {r.rss_before_mb:.0f} MB, {r.gc_full} full "
                      f"collections; {r.simulator['invocations']} invocations, "
                      f"{r.lambda_stats['retries']} retries, {r.lambda_stats['errors']} errors")
+    if quick:
+        lines.append("smoke test (--quick): sizes too small for the target")
+        return "\n".join(lines)
     for r in runs:
         verdict = "PASS" if r.ratio <= TARGET else "FAIL"
         target = " (the target is for 10,000 x 1 s at 1,000)" if r.scenario != "10k" else ""
@@ -233,6 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar=("LOW", "HIGH"), help="cold start, s (uniform)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1,000 x 0.2 s and 2,000 x 0.02 s at concurrency 100")
+    parser.add_argument("--saturation", type=float, default=None, metavar="X",
+                        help="the scheduler's distributed.scheduler.worker-saturation (default: "
+                             "distributed's, 1.1): tasks it gives the gateway per slot")
     parser.add_argument("--profile", metavar="PATH",
                         help="write a cProfile of the event loop to PATH.<scenario>")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
@@ -260,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dask-lambda scale benchmark (simulated Lambda), {env['date']}: Python "
           f"{env['python']}, {env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
           f"git {env['git']}; invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g}"
-          f" ms, cold start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms",
+          f" ms, cold start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
+          f"worker-saturation {args.saturation if args.saturation is not None else 'default'}",
           flush=True)
     runs = []
     for name in args.scenarios:
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(spawn(name, args))
         print(f"  makespan {runs[-1].makespan_s:.2f} s, CPU {runs[-1].cpu_s:.1f} s", flush=True)
     print()
-    print(format_table(runs))
+    print(format_table(runs, args.quick))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "arguments": vars(args),

@@ -100,13 +100,14 @@ class LambdaClient(Client):
                                 memory=memory, timeout=timeout, asynchronous=asynchronous,
                                 **cluster_args)
         # Process-wide settings while the client is open (undone by close).
-        self._while_open = contextlib.ExitStack()
-        self._while_open.enter_context(_task_based_shuffle())
-        self._while_open.enter_context(gc_tuning.collect_less_often())
+        while_open = contextlib.ExitStack()
+        while_open.enter_context(_task_based_shuffle())
+        while_open.enter_context(gc_tuning.collect_less_often())
+        self._while_open: contextlib.ExitStack | None = while_open
         try:
             super().__init__(cluster, asynchronous=asynchronous, **kwargs)
         except BaseException:
-            self._while_open.close()
+            while_open.close()
             cluster.close()
             raise
 
@@ -137,9 +138,10 @@ class LambdaClient(Client):
             cluster = getattr(self, "cluster", None)
             if cluster is not None:
                 await cluster.close()
-            if getattr(self, "_while_open", None) is not None:
-                self._while_open.close()
+            while_open = getattr(self, "_while_open", None)
+            if while_open is not None:
                 self._while_open = None
+                while_open.close()
 
     def get_task_logs(self, key: Any) -> list[dict]:
         """What a task printed or logged inside Lambda, one entry per invocation that printed.
