@@ -75,17 +75,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import pickle
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from typing import Any
+
+import _env  # benchmarks/_env.py (scripts run from this folder)
 
 import numpy as np
 import pandas as pd
@@ -265,25 +264,8 @@ def run_one(mode: str, args: argparse.Namespace, result_path: str) -> dict:
 # -- driver ----------------------------------------------------------------------------------
 
 
-def _git_revision() -> str | None:
-    try:
-        res = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
-
-
 def environment() -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "git": _git_revision(),
-        "versions": {name: version(name) for name in
-                     ("dask", "distributed", "dask-lambda", "pandas", "cloudpickle", "moto")},
-    }
+    return _env.environment(("dask", "distributed", "dask-lambda", "pandas", "cloudpickle", "moto"))
 
 
 def spawn(mode: str, args: argparse.Namespace, result_path: str) -> dict:

@@ -64,20 +64,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import json
 import logging
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from typing import Any
+
+import _env  # benchmarks/_env.py (scripts run from this folder)
 
 import dask
 import psutil
@@ -335,26 +332,8 @@ def format_table(results: list[Result], startups: dict[str, float],
     return "\n".join(lines)
 
 
-def _git_revision() -> str | None:
-    """``git describe --always --dirty`` of the checkout this file is in, if any."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def environment() -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "git": _git_revision(),
-        "versions": {name: version(name) for name in
-                     ("dask", "distributed", "dask-lambda", "cloudpickle", "moto")},
-    }
+    return _env.environment()
 
 
 # -- main ----------------------------------------------------------------------------------------
