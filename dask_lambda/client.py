@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+from dask._expr import LLGExpr
 from distributed import Client
 
 from dask_lambda_handler.protocol import ObjectRef
 
-from . import gc_tuning
+from . import batching, gc_tuning
 from .backends.base import Backend
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
@@ -76,6 +77,9 @@ class LambdaClient(Client):
         Most tasks running at once.
     memory, timeout
         Memory (MB) and timeout (s) of each function invocation.
+    batching
+        Run chains and small subtrees of short tasks in one invocation when that is
+        faster (default ``lambda.batching.enabled``, true); see `dask_lambda.batching`.
     **kwargs
         Other cluster settings (``inline_max``, ``retries``, ``local_s3_endpoint``,
         ``dashboard_address``) and ``distributed.Client`` arguments
@@ -94,7 +98,14 @@ class LambdaClient(Client):
 
     def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
                  concurrency: int | None = None, memory: int | None = None,
-                 timeout: float | None = None, asynchronous: bool = False, **kwargs: Any):
+                 timeout: float | None = None, batching: bool | None = None,
+                 asynchronous: bool = False, **kwargs: Any):
+        if batching is None:
+            batching = dask.config.get("lambda.batching.enabled")
+        if not isinstance(batching, bool):
+            raise TypeError(f"batching must be True or False, not {batching!r}: e.g. "
+                            "LambdaClient(..., batching=False)")
+        self.batching = batching
         cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
         cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
                                 memory=memory, timeout=timeout, asynchronous=asynchronous,
@@ -111,15 +122,25 @@ class LambdaClient(Client):
             cluster.close()
             raise
 
-    def _graph_to_futures(self, expr: Any, *args: Any, **kwargs: Any) -> Any:
+    def _graph_to_futures(self, expr: Any, keys: Any, *args: Any, **kwargs: Any) -> Any:
+        submitted = self._batched(expr, keys) if self.batching else expr
         try:
-            return super()._graph_to_futures(expr, *args, **kwargs)
+            return super()._graph_to_futures(submitted, keys, *args, **kwargs)
         except TypeError as exc:
             # distributed says "Could not serialize object of type HLGExpr": name the task.
             error = find_unpicklable(expr) if "serialize" in str(exc) else None
             if error is None:
                 raise
             raise error from exc
+
+    def _batched(self, expr: Any, keys: Any) -> Any:
+        """The graph with chains and subtrees fused (done by the scheduler as it reads it)."""
+        if isinstance(expr, LLGExpr) and len(expr.operand("dsk")) < 2:
+            return expr  # submit(): nothing to fuse
+        executor = self.cluster.executor
+        measured = executor.duration_estimates() if executor is not None else {}
+        settings = batching.BatchSettings.from_config(self.cluster.settings.timeout, measured)
+        return batching.BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr))
 
     async def _gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
         # Outputs kept in S3 reach the client as references: download only what is gathered.

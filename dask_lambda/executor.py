@@ -23,6 +23,7 @@ import concurrent.futures
 import itertools
 import logging
 import random
+import statistics
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, MutableMapping
@@ -31,9 +32,10 @@ from time import time
 from typing import Any
 
 from dask._task_spec import Alias, DataNode
+from dask.utils import key_split
 from dask_lambda_handler import protocol
 
-from . import serialize
+from . import batching, serialize
 from .backends.base import Backend
 from .cost import CostMeter, billed_ms
 from .errors import (
@@ -42,6 +44,7 @@ from .errors import (
     HandlerCrashedError,
     LambdaOutOfMemoryError,
     LambdaThrottledError,
+    LambdaTimeoutError,
     RemoteTaskError,
     ResultLostError,
 )
@@ -50,6 +53,7 @@ from .store import S3Store
 
 _GC_INTERVAL = 1.0
 _LOG_KEYS = 10_000
+_DURATION_SAMPLES = 25  # recent durations kept per task prefix; their median is the estimate
 #: What tasks print in Lambda is logged here at INFO (and kept for LambdaClient.get_task_logs).
 task_log = logging.getLogger("dask_lambda.task_output")
 #: Task types the gateway runs itself: an Alias renames another output (a persisted
@@ -89,6 +93,9 @@ class ExecutorStats:
         Job and output bytes moved by this process (inline and S3, gathers included).
     outputs_in_s3, output_bytes_in_s3
         Outputs left in S3 for the tasks that use them (never downloaded unless gathered).
+    batches, batched_tasks
+        Tasks that ran a fused group of graph tasks (`dask_lambda.batching`), and the graph
+        tasks those groups held.
     """
 
     tasks: int = 0
@@ -102,6 +109,8 @@ class ExecutorStats:
     bytes_received: int = 0
     outputs_in_s3: int = 0
     output_bytes_in_s3: int = 0
+    batches: int = 0
+    batched_tasks: int = 0
 
 
 class LambdaData(MutableMapping):
@@ -247,7 +256,7 @@ class LambdaExecutor(_AsyncExecutor):
         self.oom_retry_memory = oom_retry_memory
         self.cost = cost or CostMeter(backend.settings.memory)
         self.data = LambdaData(self.release)
-        #: What the handler reported for recent invocations (request id, cold, timings, peak memory).
+        #: What the handler reported for recent invocations (request id, cold, timings, memory).
         self.invocations: deque[dict] = deque(maxlen=10_000)
         super().__init__()
         self.stats = ExecutorStats()
@@ -259,6 +268,9 @@ class LambdaExecutor(_AsyncExecutor):
         #: Paces invocations to Lambda's scaling rate and to the limit learnt from 429s.
         self.governor = Governor(backend.settings.concurrency, rate=backend.scaling_rate,
                                  period=backend.scaling_period)
+        #: Seconds recent tasks of each prefix took in Lambda, as the handler measured them
+        #: (a fused group's time shared out evenly): what batching plans with.
+        self.durations: dict[str, deque[float]] = {}
         serialize.prepare()
 
     # -- one task -------------------------------------------------------------------------
@@ -284,11 +296,23 @@ class LambdaExecutor(_AsyncExecutor):
             return self._erred(key, serialize.unpicklable(key, exc), None, "", start, delay)
         parts = protocol.encode_parts({"kind": "job", "key": str(key)}, frames, self.signing_key)
         del frames, data
+        prefixes = batching.group_prefixes(task)
+        if prefixes is None:
+            prefixes = (key_split(key),)
+        else:  # a fused group of graph tasks
+            self.stats.batches += 1
+            self.stats.batched_tasks += len(prefixes)
         try:
             outcome = await self._call(protocol.task_token(key) + f"-{next(self._seq)}", parts,
-                                       key)
+                                       key, prefixes)
         except DaskLambdaError as exc:
-            return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start, delay)
+            advice = ""
+            if len(prefixes) > 1 and isinstance(exc, (LambdaTimeoutError,
+                                                      LambdaOutOfMemoryError)):
+                advice = (f" This invocation ran {len(prefixes)} graph tasks fused by batching: "
+                          "LambdaClient(..., batching=False) runs one task per invocation.")
+            return self._erred(key, type(exc)(f"task {key!r}: {exc}{advice}"), None, "", start,
+                               delay)
         finally:
             self.stats.tasks += 1
         if isinstance(outcome, protocol.ObjectRef):  # the output stays in S3
@@ -308,8 +332,8 @@ class LambdaExecutor(_AsyncExecutor):
             return self._erred(key, exc, tb, header.get("traceback_text", ""), start, delay)
         return self._finished(outcome.load(), start, delay)
 
-    async def _call(self, token: str, parts: list,
-                    key: Any = None) -> protocol.Payload | protocol.ObjectRef:
+    async def _call(self, token: str, parts: list, key: Any = None,
+                    prefixes: tuple[str, ...] = ()) -> protocol.Payload | protocol.ObjectRef:
         """Send one job, with bounded retries, and return its outcome.
 
         Returns the verified output when it came inline or is an error, else a reference to
@@ -321,6 +345,8 @@ class LambdaExecutor(_AsyncExecutor):
                        "job_key": self.layout.job_key(token, 0), "inline_max": self.inline_max}
         if self.max_output is not None:
             event["max_output"] = self.max_output
+        if len(prefixes) > 1:
+            event["tasks"] = len(prefixes)  # graph tasks this job runs (for logs and models)
         if nbytes <= self.inline_max:
             event["job"] = base64.b64encode(b"".join(parts)).decode()
             self.stats.inline_jobs += 1
@@ -334,7 +360,7 @@ class LambdaExecutor(_AsyncExecutor):
             for attempt in itertools.count():
                 event["result_key"] = self.layout.result_key(token, attempt)
                 try:
-                    response = await self._invoke(event, key, memory)
+                    response = await self._invoke(event, key, memory, prefixes)
                     return await self._outcome(response)
                 except (HandlerCrashedError, ResultLostError) as exc:
                     if attempt >= self.retries:
@@ -353,7 +379,8 @@ class LambdaExecutor(_AsyncExecutor):
                 self._garbage.append(event["job_key"])
         raise AssertionError("unreachable")
 
-    async def _invoke(self, event: dict, key: Any, memory: int | None) -> dict:
+    async def _invoke(self, event: dict, key: Any, memory: int | None,
+                      prefixes: tuple[str, ...] = ()) -> dict:
         """One invocation: budget check, a slot from the governor (Lambda's scaling rules),
         then backoff and retry while Lambda throttles."""
         for throttled in itertools.count():
@@ -383,6 +410,8 @@ class LambdaExecutor(_AsyncExecutor):
             stats = response.get("stats") or {}
             self.cost.settle(billed_ms(stats.get("duration_s", 0.0)),
                              s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
+            if prefixes and response["status"] == "ok" and "duration_s" in stats:
+                self._learn(prefixes, stats["duration_s"])
             self.invocations.append(dict(stats, key=str(key), status=response["status"],
                                          nbytes=response["nbytes"]))
             if response.get("log"):
@@ -405,6 +434,20 @@ class LambdaExecutor(_AsyncExecutor):
             raise
         governor.release(throttled=False)
         return response
+
+    def _learn(self, prefixes: tuple[str, ...], seconds: float) -> None:
+        each = seconds / len(prefixes)
+        durations = self.durations
+        for prefix in prefixes:
+            samples = durations.get(prefix)
+            if samples is None:
+                samples = durations[prefix] = deque(maxlen=_DURATION_SAMPLES)
+            samples.append(each)
+
+    def duration_estimates(self) -> dict[str, float]:
+        """Median of the recent durations of each task prefix, in seconds."""
+        return {prefix: statistics.median(samples)
+                for prefix, samples in list(self.durations.items()) if samples}
 
     def _keep_log(self, key: Any, event: dict, stats: dict, text: str) -> None:
         entries = self.logs.setdefault(str(key), [])
@@ -443,7 +486,7 @@ class LambdaExecutor(_AsyncExecutor):
         """Values of outputs kept in S3 (for the client's gather); the objects stay."""
         refs = list(dict.fromkeys(refs))
         payloads = await asyncio.gather(*(self._fetch(r, release=False) for r in refs))
-        return {r: p.load() for r, p in zip(refs, payloads)}
+        return {r: p.load() for r, p in zip(refs, payloads, strict=True)}
 
     def release(self, ref: protocol.ObjectRef) -> None:
         """The scheduler released the key holding ``ref``: its object can go."""
