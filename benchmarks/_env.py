@@ -30,3 +30,11 @@ def environment(packages: tuple[str, ...] = ("dask", "distributed", "dask-lambda
         "git": git_revision(),
         "versions": {name: version(name) for name in packages},
     }
+
+
+def banner(title: str, env: dict[str, Any], details: str = "") -> str:
+    """The first line a benchmark prints: what ran, when, on what."""
+    line = (f"dask-lambda {title} benchmark, {env['date']}: Python {env['python']}, "
+            f"{env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
+            f"distributed {env['versions']['distributed']}, git {env['git']}")
+    return f"{line}; {details}" if details else line

@@ -118,9 +118,11 @@ def _local_cluster(processes: bool, concurrency: int) -> Iterator[Client]:
 
 @contextlib.contextmanager
 def _lambda_client(concurrency: int) -> Iterator[Client]:
+    # batching=False: every task is its own invocation, which is what is measured here (a
+    # chain would otherwise run as a few invocations; benchmarks/batching.py measures that).
     with LambdaClient("s3://dask-lambda-bench/overhead", backend="local",
                       concurrency=concurrency, dashboard_address=None,
-                      set_as_default=False) as client:
+                      set_as_default=False, batching=False) as client:
         yield client
 
 
@@ -129,7 +131,7 @@ def _simulated_client(concurrency: int) -> Iterator[Client]:
     backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0))
     with LambdaClient("s3://dask-lambda-bench/overhead", backend=backend,
                       concurrency=concurrency, dashboard_address=None,
-                      set_as_default=False) as client:
+                      set_as_default=False, batching=False) as client:
         yield client
 
 
@@ -383,9 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = environment()
-    print(f"dask-lambda overhead benchmark, {env['date']}: Python {env['python']}, "
-          f"{env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
-          f"distributed {env['versions']['distributed']}, git {env['git']}", flush=True)
+    print(_env.banner("overhead", env), flush=True)
     print(f"map: {args.tasks} tasks, chain: {args.chain} tasks, repeat: {args.repeat}, "
           f"concurrency: {args.concurrency}, gc threshold for all setups: "
           f"{args.gc_threshold or 'default'}", flush=True)

@@ -270,15 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args._out, "w") as f:
             json.dump(asdict(figures), f)
         return 0
-    from overhead import environment
+    from _env import banner, environment
 
     env = environment()
-    print(f"dask-lambda scale benchmark (simulated Lambda), {env['date']}: Python "
-          f"{env['python']}, {env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
-          f"git {env['git']}; invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g}"
-          f" ms, cold start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
-          f"worker-saturation {args.saturation if args.saturation is not None else 'default'}",
-          flush=True)
+    print(banner("scale (simulated Lambda)", env,
+                 f"invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g} ms, cold "
+                 f"start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
+                 "worker-saturation "
+                 f"{args.saturation if args.saturation is not None else 'default'}"), flush=True)
     runs = []
     for name in args.scenarios:
         print(f"running {name} (fresh process) ...", flush=True)
