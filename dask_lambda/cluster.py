@@ -19,14 +19,14 @@ import time
 import uuid
 from typing import Any
 
-from distributed import Scheduler, Worker
-from distributed.worker import DEFAULT_METRICS
-from distributed.deploy.spec import SpecCluster
 from dask_lambda_handler import protocol
+from distributed import Scheduler, Worker
+from distributed.deploy.spec import SpecCluster
+from distributed.worker import DEFAULT_METRICS
 
 from . import config, runs
-from .cost import CostMeter
 from .backends.base import Backend, FunctionSettings
+from .cost import CostMeter
 from .errors import ConfigurationError
 from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
 from .store import S3Store
@@ -62,8 +62,8 @@ def parse_bucket(url: Any) -> tuple[str, str]:
     if not _BUCKET.match(bucket) or ".." in bucket:
         fixed = re.sub(r"[^a-z0-9.-]+", "-", bucket.lower()).strip("-.")[:63] or "my-bucket"
         raise ConfigurationError(
-            f"{bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, "
-            f"'-' and '.', starting and ending with a letter or digit). "
+            f"{bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, "
+            f"digits, '-' and '.', starting and ending with a letter or digit). "
             f"Did you mean LambdaClient(\"s3://{fixed}/{prefix.strip('/')}\")?")
     return bucket, prefix.strip("/")
 
@@ -132,7 +132,8 @@ class LambdaCluster(SpecCluster):
                 f"memory={settings.memory} MB is outside Lambda's 128-10240 MB: e.g. memory=2048")
         if not 0 < settings.timeout <= 900:
             raise ConfigurationError(
-                f"timeout={settings.timeout} s is outside Lambda's (0, 900] seconds: e.g. timeout=300")
+                f"timeout={settings.timeout} s is outside Lambda's (0, 900] seconds: "
+                "e.g. timeout=300")
         self.settings = settings
         self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
 
@@ -193,13 +194,18 @@ class LambdaCluster(SpecCluster):
             "protocol": "inproc://", "dashboard": dashboard is not None,
             "dashboard_address": dashboard}}
         super().__init__(scheduler=scheduler, workers={}, asynchronous=asynchronous,
-                         loop=loop, silence_logs=logging.WARNING, name=f"LambdaCluster-{self.layout.run}")
+                         loop=loop, silence_logs=logging.WARNING,
+                         name=f"LambdaCluster-{self.layout.run}")
 
     async def _start(self) -> None:
         if self.status.name == "running":
             return
         try:
             await self.backend.start()
+            # Price GB-seconds at what Lambda bills: the deployed function's memory and
+            # architecture where the backend has read them (aws), else the settings.
+            self.cost.memory_mb = self.backend.billed_memory_mb
+            self.cost.arch = self.backend.billed_architecture
             self.store = S3Store(self.bucket, **self.backend.s3_options)
             await self.store.start()
             await self.store.check_bucket(create=self.backend.creates_bucket)
@@ -307,7 +313,8 @@ class LambdaCluster(SpecCluster):
 
 
 def _clear_fs_caches() -> None:
-    """Forget cached s3fs filesystems, which hold the endpoint and credentials they were made with."""
+    """Forget cached s3fs filesystems (they keep the endpoint and credentials they were made
+    with)."""
     import sys
 
     if "s3fs" in sys.modules:

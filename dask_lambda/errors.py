@@ -47,6 +47,9 @@ class FunctionError(DaskLambdaError):
         super().__init__(message)
         self.error_type = error_type
 
+    def __reduce__(self) -> tuple:  # the error type survives the trip to the client
+        return type(self), (str(self), self.error_type)
+
 
 class RemoteTaskError(DaskLambdaError):
     """A task raised an exception that could not be pickled back; carries its type and text."""
@@ -73,7 +76,8 @@ class VersionMismatchError(ConfigurationError):
 
 
 class DeployError(DaskLambdaError):
-    """``dask-lambda deploy``/``destroy`` could not do what was asked; the message says why and what to do."""
+    """``dask-lambda deploy``/``destroy`` could not do what was asked; the message says why and
+    what to do."""
 
 
 class PackageTooLargeError(DeployError):

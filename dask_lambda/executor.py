@@ -311,8 +311,10 @@ class LambdaExecutor(_AsyncExecutor):
                                                       LambdaOutOfMemoryError)):
                 advice = (f" This invocation ran {len(prefixes)} graph tasks fused by batching: "
                           "LambdaClient(..., batching=False) runs one task per invocation.")
-            return self._erred(key, type(exc)(f"task {key!r}: {exc}{advice}"), None, "", start,
-                               delay)
+            wrapped = type(exc)(f"task {key!r}: {exc}{advice}")
+            if isinstance(exc, FunctionError):  # keep the handler's error type
+                wrapped.error_type = exc.error_type
+            return self._erred(key, wrapped, None, "", start, delay)
         finally:
             self.stats.tasks += 1
         if isinstance(outcome, protocol.ObjectRef):  # the output stays in S3

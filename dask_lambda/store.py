@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3errors
 
 from .errors import ConfigurationError, PermissionDeniedError
 
@@ -30,25 +31,33 @@ async def _fill(body: Any, view: memoryview) -> None:
             pos += len(chunk)
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+_code = s3errors.error_code
 
 
 @contextlib.contextmanager
 def _mapped(action: str, bucket: str, key: str) -> Iterator[None]:
-    """Turn S3's NoSuchKey and AccessDenied into FileNotFoundError and PermissionDeniedError."""
+    """Turn S3's missing objects and refusals into FileNotFoundError and PermissionDeniedError
+    (codes mapped by `dask_lambda_handler.s3errors`, as in the handler)."""
     try:
         yield
     except Exception as exc:
         code = _code(exc)
-        if code in ("NoSuchKey", "404"):
+        kind = s3errors.s3_error_kind(code)
+        if kind == s3errors.MISSING:
             raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
-        if code in ("AccessDenied", "403"):
-            raise PermissionDeniedError(
-                f"AWS refused {action} on arn:aws:s3:::{bucket}/{key}: the credentials this "
-                f"client uses need {action} on that prefix (see the README's IAM permissions)"
-            ) from None
+        if kind == s3errors.DENIED:
+            raise PermissionDeniedError(denied_message(action, bucket, key, code)) from None
         raise
+
+
+def denied_message(action: str, bucket: str, key: str, code: str) -> str:
+    """What the user reads when S3 refuses this client ``action`` on ``s3://bucket/key``."""
+    narrow, wide = s3errors.grant_scope(bucket, key)
+    return (f"AWS refused {action} on s3://{bucket}/{key} ({code}): allow {action} on "
+            f"{narrow} for the credentials this client uses (`aws sts get-caller-identity` "
+            "shows whose they are). A client needs s3:GetObject, s3:PutObject and "
+            f"s3:DeleteObject on {wide} and s3:ListBucket on arn:aws:s3:::{bucket} "
+            "(README, Run on AWS: Permissions).")
 
 
 class S3Store:
@@ -158,6 +167,10 @@ class S3Store:
                 await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
             return total
         self.requests += 2
+        with _mapped("s3:PutObject", self.bucket, key):  # as the handler's s3io.put
+            return await self._put_parts(key, parts, total)
+
+    async def _put_parts(self, key: str, parts: list, total: int) -> int:
         upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = upload["UploadId"]
         slots = asyncio.Semaphore(self.transfer_concurrency)
@@ -206,8 +219,9 @@ class S3Store:
             async def fetch(start: int, stop: int) -> None:
                 async with slots:
                     self.requests += 1
-                    resp = await self.client.get_object(Bucket=bucket, Key=key,
-                                                        Range=f"bytes={start}-{stop - 1}")
+                    with _mapped("s3:GetObject", bucket, key):
+                        resp = await self.client.get_object(Bucket=bucket, Key=key,
+                                                            Range=f"bytes={start}-{stop - 1}")
                     await _fill(resp["Body"], view[start:stop])
 
             await asyncio.gather(*(fetch(a, b) for a, b in

@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def joblib_batch() -> type:
     from joblib import parallel_config
     from joblib._dask import Batch

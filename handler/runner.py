@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import compat, protocol, s3io, trigger
 from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
@@ -96,7 +97,7 @@ def versions() -> dict:
     """What this execution environment runs, for the client's version check."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": "%d.%d" % sys.version_info[:2], "protocol": protocol.PROTOCOL_VERSION}
+    out = {"python": "{}.{}".format(*sys.version_info[:2]), "protocol": protocol.PROTOCOL_VERSION}
     for dist in ("cloudpickle", "dask", "dask-lambda"):
         try:
             out[dist] = version(dist)
@@ -150,7 +151,8 @@ def _error_payload(exc: BaseException) -> tuple[dict, list]:
         "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "exc_text": text,
         "traceback": tb,
-        "traceback_text": "".join(traceback.format_list(traceback.extract_tb(_user_frames(exc.__traceback__)))),
+        "traceback_text": "".join(traceback.format_list(
+            traceback.extract_tb(_user_frames(exc.__traceback__)))),
     }
     return header, frames
 
@@ -179,7 +181,7 @@ def _resolve(args: tuple) -> tuple:
         return protocol.decode(raw, key).load(_find_class)
 
     with ThreadPoolExecutor(min(16, len(refs))) as pool:
-        values = dict(zip(refs, pool.map(load, refs)))
+        values = dict(zip(refs, pool.map(load, refs), strict=True))
 
     def swap(v: Any) -> Any:
         return values[v] if isinstance(v, protocol.ObjectRef) else v

@@ -10,35 +10,49 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any
 
-from . import protocol
+from . import protocol, s3errors
 from .errors import S3PermissionError
 
 #: Requests made by this process, by kind ("get", "put"), for cost accounting.
 COUNTS: Counter = Counter()
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-
-
 def _checked(action: str, bucket: str, key: str, call: Any, **kwargs: Any) -> Any:
-    """Run one S3 call, mapping missing objects and refusals to clear errors."""
+    """Run one S3 call, mapping missing objects and refusals to clear errors (codes mapped by
+    `s3errors`, as in the client)."""
     COUNTS["get" if action == "s3:GetObject" else "put"] += 1
     try:
         return call(Bucket=bucket, Key=key, **kwargs)
     except Exception as exc:
-        code = _code(exc)
-        if code in ("NoSuchKey", "404"):
+        code = s3errors.error_code(exc)
+        kind = s3errors.s3_error_kind(code)
+        if kind == s3errors.MISSING:
             raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
-        if code in ("AccessDenied", "403"):
-            raise S3PermissionError(
-                f"the function's role may not {action} on arn:aws:s3:::{bucket}/{key}: grant "
-                f"{action} on that prefix (`dask-lambda deploy` sets this up)") from None
+        if kind == s3errors.DENIED:
+            raise S3PermissionError(denied_message(action, bucket, key, code)) from None
         raise
+
+
+def denied_message(action: str, bucket: str, key: str, code: str) -> str:
+    """What the user reads when S3 refuses the function ``action`` on ``s3://bucket/key``."""
+    user, _ = s3errors.layout_prefixes(key)
+    narrow, _ = s3errors.grant_scope(bucket, key)
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+    deploy = f"dask-lambda deploy --bucket s3://{bucket}/{user}".rstrip("/")
+    if function and function != "dask-lambda":
+        deploy += f" --function {function}"
+    if os.environ.get("AWS_REGION"):
+        deploy += f" --region {os.environ['AWS_REGION']}"
+    return (f"the function's role may not {action} on s3://{bucket}/{key} ({code}): allow "
+            f"{action} on {narrow} in the role's policy, or run `{deploy}` again, which gives "
+            f"the role s3:GetObject on {user}jobs/* and {user}results/* and s3:PutObject on "
+            f"{user}results/*")
 
 
 def get(client: Any, bucket: str, key: str, concurrency: int = protocol.TRANSFER_CONCURRENCY
@@ -70,7 +84,7 @@ def _fill(body: Any, view: memoryview) -> None:
     while pos < len(view):
         chunk = body.read(min(len(view) - pos, 8 * 2**20))
         if not chunk:
-            raise IOError(f"S3 object ended after {pos} of {len(view)} bytes")
+            raise OSError(f"S3 object ended after {pos} of {len(view)} bytes")
         view[pos : pos + len(chunk)] = chunk
         pos += len(chunk)
     body.close()

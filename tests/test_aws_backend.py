@@ -141,6 +141,16 @@ def test_closing_the_client_removes_its_objects(aws):
     assert "run/deploy/dl-e2e.zip" in keys
 
 
+def test_cost_is_priced_at_the_deployed_functions_memory(aws):
+    # the client's memory setting is not what Lambda bills: the deployed function's 2048 MB is
+    with _client("invoke", memory=512) as c:
+        assert c.submit(lambda: 1).result() == 1
+        report = c.cost_report()
+    assert report["memory_mb"] == 2048 and report["arch"] == "x86_64"
+    assert report["invocations"] >= 1
+    assert report["gb_seconds"] == pytest.approx(report["billed_ms"] / 1000 * 2048 / 1024)
+
+
 def test_duplicate_notification_runs_the_task_once(aws, tmp_path):
     """S3 may deliver a notification twice (and Lambda retries async invokes): the job's claim
     makes the second delivery a no-op, so the task neither runs again nor replaces its output."""

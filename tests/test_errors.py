@@ -11,6 +11,7 @@ import traceback
 import dask
 import numpy as np
 import pytest
+from dask_lambda_handler.runner import NotAvailableInLambda
 from distributed import get_worker
 
 from dask_lambda.errors import (
@@ -20,7 +21,6 @@ from dask_lambda.errors import (
     RemoteTaskError,
     TaskSerializationError,
 )
-from dask_lambda_handler.runner import NotAvailableInLambda
 
 CLIENT_OPTIONS = {"timeout": 5, "memory": 700, "retries": 1}
 

@@ -9,8 +9,8 @@ server's fault injector; timeouts and out-of-memory by the tasks themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,13 +23,17 @@ import dask.array as da
 import numpy as np
 import psutil
 import pytest
+from dask_lambda_handler import protocol
+from distributed import wait
 
 from dask_lambda import LambdaClient
 from dask_lambda.backends.faults import FaultPlan
 from dask_lambda.errors import (
+    FunctionError,
     HandlerCrashedError,
     LambdaOutOfMemoryError,
     LambdaTimeoutError,
+    PermissionDeniedError,
     ResultLostError,
 )
 
@@ -193,6 +197,133 @@ def test_lost_outputs_kept_in_s3_fail_with_the_documented_error():
     with s3_server(plan) as endpoint:
         run(endpoint, s3_client(endpoint), "f-lost-kept",
             expect=(ResultLostError, r"was deleted before it was read"))
+
+
+# -- S3 refusing an action (403 AccessDenied) -----------------------------------------------
+
+#: Each bucket refuses one kind of request (403 with S3's AccessDenied XML body): {bucket:
+#: (HTTP method, key prefix)}. Only one side makes each kind, so the refusal hits that side.
+DENIALS = {
+    "f-deny-job-put": ("PUT", "f/jobs/"),  # the client uploads a job
+    "f-deny-result-get": ("GET", "f/results/"),  # the client downloads an output (gather)
+    "f-deny-job-get": ("GET", "f/jobs/"),  # the function reads its job
+    "f-deny-input-get": ("GET", "f/results/"),  # the function reads another task's output
+    "f-deny-output-put": ("PUT", "f/results/"),  # the function writes its output
+}
+DEPLOY_HINT = ("`dask-lambda deploy --bucket s3://{b}/f --function dask-lambda-local --region "
+               "us-east-1` again, which gives the role s3:GetObject on f/jobs/* and f/results/* "
+               "and s3:PutObject on f/results/*")
+
+
+@pytest.fixture(scope="module")
+def denying_s3():
+    plan = {"rules": [{"status": 403, "bucket": bucket, "methods": [method], "prefix": prefix}
+                      for bucket, (method, prefix) in DENIALS.items()]}
+    with s3_server(plan) as endpoint:
+        yield endpoint
+
+
+@contextlib.contextmanager
+def refusing(endpoint, bucket):
+    """A client whose bucket refuses one kind of request. Afterwards: it was refused exactly
+    once (a 403 is not retried), nothing hung, and the bucket is empty."""
+    t0 = time.monotonic()
+    with LambdaClient(f"s3://{bucket}/f", local_s3_endpoint=endpoint, concurrency=1,
+                      inline_max=0, dashboard_address=None) as client:
+        yield client
+    assert time.monotonic() - t0 < 90
+    assert fired(endpoint).get(str(list(DENIALS).index(bucket))) == 1
+    assert list_keys(s3_client(endpoint), bucket) == []
+
+
+def assert_message(message, expected, key_start, key_end):
+    """``message == expected`` where ``{key}`` in ``expected`` stands for one object key
+    (random run id and attempt token) that starts with ``key_start``, ends with ``key_end``."""
+    before, after = expected.split("{key}")
+    assert message.startswith(before), message
+    assert message.endswith(after), message
+    key = message[len(before):len(message) - len(after)]
+    assert key.startswith(key_start) and key.endswith(key_end) and " " not in key, message
+
+
+def test_s3_refusing_the_clients_job_upload_names_the_permission(denying_s3):
+    bucket = "f-deny-job-put"
+    with refusing(denying_s3, bucket) as client:
+        with pytest.raises(PermissionDeniedError) as info:
+            client.submit(np.ones, 10, key="up").result()
+        run = client.cluster.layout.run
+        assert client.lambda_stats()["invocations"] == 0  # nothing was invoked
+    assert_message(str(info.value), (
+        f"task 'up': AWS refused s3:PutObject on s3://{bucket}/{{key}} (AccessDenied): allow "
+        f"s3:PutObject on arn:aws:s3:::{bucket}/f/jobs/* for the credentials this client uses "
+        "(`aws sts get-caller-identity` shows whose they are). A client needs s3:GetObject, "
+        f"s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/f/* and s3:ListBucket on "
+        f"arn:aws:s3:::{bucket} (README, Run on AWS: Permissions)."),
+        f"f/jobs/{run}/{protocol.task_token('up')}-", ".job")
+
+
+def test_s3_refusing_the_clients_result_download_names_the_permission(denying_s3):
+    bucket = "f-deny-result-get"
+    with refusing(denying_s3, bucket) as client:
+        future = client.submit(np.ones, 10, key="down")
+        wait(future)  # it ran: its output is in S3 until it is gathered
+        assert future.status == "finished"
+        with pytest.raises(PermissionDeniedError) as info:
+            future.result()
+        run = client.cluster.layout.run
+    assert_message(str(info.value), (
+        f"AWS refused s3:GetObject on s3://{bucket}/{{key}} (AccessDenied): allow s3:GetObject "
+        f"on arn:aws:s3:::{bucket}/f/results/* for the credentials this client uses (`aws sts "
+        "get-caller-identity` shows whose they are). A client needs s3:GetObject, s3:PutObject "
+        f"and s3:DeleteObject on arn:aws:s3:::{bucket}/f/* and s3:ListBucket on "
+        f"arn:aws:s3:::{bucket} (README, Run on AWS: Permissions)."),
+        f"f/results/{run}/{protocol.task_token('down')}-", "-a0.out")
+
+
+def test_s3_refusing_the_functions_job_read_names_the_permission(denying_s3):
+    bucket = "f-deny-job-get"
+    with refusing(denying_s3, bucket) as client:
+        with pytest.raises(FunctionError) as info:
+            client.submit(np.ones, 10, key="job").result()
+        run = client.cluster.layout.run
+        assert client.lambda_stats()["retries"] == 0  # not the environment's fault: no retry
+    assert info.value.error_type == "S3PermissionError"  # the handler's type, for code to test
+    assert_message(str(info.value), (
+        "task 'job': S3PermissionError: the function's role may not s3:GetObject on "
+        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:GetObject on "
+        f"arn:aws:s3:::{bucket}/f/jobs/* in the role's policy, or run "
+        + DEPLOY_HINT.format(b=bucket)),
+        f"f/jobs/{run}/{protocol.task_token('job')}-", "-a0.job")
+
+
+def test_s3_refusing_the_functions_input_read_names_the_permission(denying_s3):
+    bucket = "f-deny-input-get"
+    with refusing(denying_s3, bucket) as client:
+        first = client.submit(np.ones, 10, key="first")
+        wait(first)  # its output stays in S3 (never gathered here): the next task reads it
+        with pytest.raises(FunctionError) as info:
+            client.submit(np.sum, first, key="second").result()
+        run = client.cluster.layout.run
+    assert_message(str(info.value), (
+        "task 'second': S3PermissionError: the function's role may not s3:GetObject on "
+        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:GetObject on "
+        f"arn:aws:s3:::{bucket}/f/results/* in the role's policy, or run "
+        + DEPLOY_HINT.format(b=bucket)),
+        f"f/results/{run}/{protocol.task_token('first')}-", "-a0.out")
+
+
+def test_s3_refusing_the_functions_output_write_names_the_permission(denying_s3):
+    bucket = "f-deny-output-put"
+    with refusing(denying_s3, bucket) as client:
+        with pytest.raises(FunctionError) as info:
+            client.submit(np.ones, 10, key="out").result()
+        run = client.cluster.layout.run
+    assert_message(str(info.value), (
+        "task 'out': S3PermissionError: the function's role may not s3:PutObject on "
+        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:PutObject on "
+        f"arn:aws:s3:::{bucket}/f/results/* in the role's policy, or run "
+        + DEPLOY_HINT.format(b=bucket)),
+        f"f/results/{run}/{protocol.task_token('out')}-", "-a0.out")
 
 
 # -- the client --------------------------------------------------------------------------

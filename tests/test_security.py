@@ -8,12 +8,12 @@ import os
 
 import cloudpickle
 import pytest
+from dask_lambda_handler import protocol
 
 from dask_lambda.backends.base import FunctionSettings
 from dask_lambda.backends.local import LocalBackend
 from dask_lambda.errors import FunctionError
 from dask_lambda.serialize import dumps
-from dask_lambda_handler import protocol
 
 KEY = bytes(range(32))
 
@@ -57,8 +57,10 @@ def test_tampered_or_foreign_jobs_are_rejected_and_not_run(s3_endpoint, s3, buck
     tampered = bytearray(good)
     tampered[-5] ^= 0xFF  # one flipped bit in the pickle
     s3.put_object(Bucket=bucket, Key="jobs/r/tampered.job", Body=bytes(tampered))
-    s3.put_object(Bucket=bucket, Key="jobs/r/foreign.job", Body=_job(_touch, marker, key=b"x" * 32))
-    s3.put_object(Bucket=bucket, Key="jobs/r/raw.job", Body=cloudpickle.dumps((_touch, (marker,), {})))
+    s3.put_object(Bucket=bucket, Key="jobs/r/foreign.job",
+                  Body=_job(_touch, marker, key=b"x" * 32))
+    s3.put_object(Bucket=bucket, Key="jobs/r/raw.job",
+                  Body=cloudpickle.dumps((_touch, (marker,), {})))
     base = {"op": "run", "bucket": bucket, "inline_max": 10_000}
     events = [dict(base, job_key=f"jobs/r/{n}.job", result_key=f"results/r/{n}.out")
               for n in ("tampered", "foreign", "raw")]
@@ -69,7 +71,8 @@ def test_tampered_or_foreign_jobs_are_rejected_and_not_run(s3_endpoint, s3, buck
     for exc in results[:2] + results[3:]:
         assert isinstance(exc, FunctionError)
         assert exc.error_type == "PayloadError"
-        assert "payload signature does not verify: it was altered, or signed with another key" in str(exc)
+        assert ("payload signature does not verify: it was altered, or signed with another key"
+                in str(exc))
     assert isinstance(results[2], FunctionError)
     assert "not a dask-lambda payload (bad magic bytes)" in str(results[2])
     assert not os.path.exists(marker)  # nothing was unpickled, nothing ran
@@ -95,7 +98,7 @@ def test_ping_reports_versions(s3_endpoint, s3):
     import sys
     from importlib.metadata import version
 
-    assert response["versions"]["python"] == "%d.%d" % sys.version_info[:2]
+    assert response["versions"]["python"] == "{}.{}".format(*sys.version_info[:2])
     assert response["versions"]["cloudpickle"] == version("cloudpickle")
     assert response["versions"]["dask-lambda"] == version("dask-lambda")
 

@@ -116,9 +116,10 @@ class AwsBackend(Backend):
                 "region=\"us-east-1\"), or set AWS_REGION (or DASK_LAMBDA__AWS__REGION)")
         self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
         self.grace = float(notification_grace)
-        #: The deployed function's timeout (s) and memory (MB), read by `start`.
+        #: The deployed function's timeout (s), memory (MB) and architecture, read by `start`.
         self.function_timeout = float(settings.timeout)
         self.function_memory = settings.memory
+        self.function_architecture = "x86_64"
         self.deployed_versions: dict = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._lambda: Any = None
@@ -127,6 +128,15 @@ class AwsBackend(Backend):
     @property
     def s3_options(self) -> dict[str, Any]:
         return {"endpoint_url": None, "region": self.region, "credentials": None}
+
+    @property
+    def billed_memory_mb(self) -> int:
+        """The deployed function's memory (GetFunctionConfiguration), not the client's setting."""
+        return self.function_memory
+
+    @property
+    def billed_architecture(self) -> str:
+        return self.function_architecture
 
     def client_environment(self) -> dict[str, str]:
         # Keep the user's profile and session token visible while the client is open.
@@ -207,6 +217,7 @@ class AwsBackend(Backend):
                 f"({conf.get('StateReason', 'no reason given')}): redeploy it with `{self.deploy}`")
         self.function_timeout = float(conf.get("Timeout") or self.function_timeout)
         self.function_memory = int(conf.get("MemorySize") or self.function_memory)
+        self.function_architecture = (conf.get("Architectures") or [self.function_architecture])[0]
         self.settings = dataclasses.replace(self.settings, timeout=self.function_timeout,
                                             memory=self.function_memory)
 

@@ -83,6 +83,17 @@ class Backend(abc.ABC):
         self.settings = settings
 
     @property
+    def billed_memory_mb(self) -> int:
+        """Memory (MB) Lambda bills each invocation at: the client's ``memory`` setting, unless
+        the backend learns the deployed function's (read after `start`)."""
+        return self.settings.memory
+
+    @property
+    def billed_architecture(self) -> str:
+        """``"x86_64"`` or ``"arm64"``: the function's architecture (sets the GB-second price)."""
+        return "x86_64"
+
+    @property
     @abc.abstractmethod
     def s3_options(self) -> dict[str, Any]:
         """Keyword arguments for an S3 client that reaches the backend's S3."""
@@ -91,7 +102,7 @@ class Backend(abc.ABC):
         """Environment variables the client process needs while open (e.g. a local S3 endpoint)."""
         return {}
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027  (optional hook: nothing by default)
         """Start whatever the backend needs."""
 
     @abc.abstractmethod
@@ -102,8 +113,8 @@ class Backend(abc.ABC):
         other errors of :mod:`dask_lambda.errors` when the execution environment fails.
         """
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027
         """Stop running invocations, where the backend can (before the run's objects go)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Stop and remove everything `start` made."""

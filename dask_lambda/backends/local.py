@@ -246,16 +246,18 @@ class LocalBackend(LocalS3Backend):
                 await self._discard(env)
                 raise LambdaTimeoutError(
                     f"Task timed out after {timeout:.2f} seconds (request {request_id}). Raise "
-                    f"the function timeout, e.g. LambdaClient(..., timeout={int(min(900, timeout * 2))}) "
-                    "or DASK_LAMBDA__TIMEOUT, or split the task into smaller ones.") from None
+                    "the function timeout, e.g. LambdaClient(..., "
+                    f"timeout={int(min(900, timeout * 2))}) or DASK_LAMBDA__TIMEOUT, or split "
+                    "the task into smaller ones.") from None
             except _Died:
                 with contextlib.suppress(asyncio.TimeoutError):  # it is exiting: get its code
                     await asyncio.wait_for(env.proc.wait(), 2.0)
                 await self._discard(env)
                 if env.oom_rss:
                     raise LambdaOutOfMemoryError(
-                        f"Runtime exited: out of memory. The task used {env.oom_rss / 2**20:.0f} MB, "
-                        f"more than the function's {memory} MB (request {request_id}). "
+                        "Runtime exited: out of memory. The task used "
+                        f"{env.oom_rss / 2**20:.0f} MB, more than the function's {memory} MB "
+                        f"(request {request_id}). "
                         f"Give it more, e.g. LambdaClient(..., memory={min(10240, memory * 2)}) "
                         "or DASK_LAMBDA__MEMORY, or use smaller partitions/chunks.") from None
                 raise HandlerCrashedError(

@@ -34,7 +34,8 @@ class LambdaContext:
         self.function_name: str = info.get("function_name", "dask-lambda-local")
         self.function_version = "$LATEST"
         self.memory_limit_in_mb: int = int(info.get("memory_limit_in_mb", 0))
-        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:local:000000000000:function:{self.function_name}")
         self.log_group_name = f"/aws/lambda/{self.function_name}"
         self.log_stream_name = f"local/{os.getpid()}"
         self._deadline = float(info["deadline"])
@@ -90,7 +91,8 @@ def main() -> None:
         try:
             _write(proto_out, reply)
         except TypeError as exc:  # a response that is not JSON
-            _write(proto_out, {"error": {"errorType": "Runtime.MarshalError", "errorMessage": str(exc)}})
+            _write(proto_out, {"error": {"errorType": "Runtime.MarshalError",
+                                         "errorMessage": str(exc)}})
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ dask-lambda survives S3 failures with real HTTP answers::
                {"status": 403, "bucket": "not-ours"}]}
 
 Rules match on ``bucket``, ``methods``, key ``prefix`` and key ``suffix`` (e.g.
-``"-a0.out"``: first attempts only). A rule with ``status`` answers that HTTP error (S3's XML error body, with ``code``
-if given, and an ``x-amz-bucket-region`` header if ``region`` is given) to
+``"-a0.out"``: first attempts only). A rule with ``status`` answers that HTTP error
+(S3's XML error body, with ``code`` if given, else S3's code for the status, e.g.
+AccessDenied for 403; and an ``x-amz-bucket-region`` header if ``region`` is given) to
 the first ``times`` requests (default: all) for each selected key; ``lose``
 really deletes a selected object just before its first GET.  A key is
 selected when a hash of (seed, key) falls under ``share`` (default 1), so
@@ -30,7 +31,8 @@ import json
 import sys
 import threading
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 _S3_CODES = {500: "InternalError", 503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey"}
@@ -95,7 +97,8 @@ class FaultInjector:
         body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                 f"<Message>injected fault</Message><RequestId>fault</RequestId></Error>").encode()
         reason = {500: "Internal Server Error", 503: "Slow Down", 403: "Forbidden",
-                  404: "Not Found", 301: "Moved Permanently", 400: "Bad Request"}.get(status, "Error")
+                  404: "Not Found", 301: "Moved Permanently",
+                  400: "Bad Request"}.get(status, "Error")
         headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
         if region:  # as S3 does when a bucket is asked for in the wrong region
             headers.append(("x-amz-bucket-region", region))

@@ -1,0 +1,74 @@
+"""What S3's error answers mean to dask-lambda, the same on both sides (standard library only).
+
+The client's store (`dask_lambda.store`) and the handler's transfers
+(`dask_lambda_handler.s3io`) map S3 error codes to errors through `s3_error_kind`,
+and name the IAM resource to grant through `grant_scope`, so an object that is
+missing or refused reads the same whichever side met it.
+"""
+
+from __future__ import annotations
+
+from . import protocol
+
+#: The object does not exist (``FileNotFoundError`` on both sides).
+MISSING = "missing"
+#: AWS refused the action (`PermissionDeniedError` in the client, `S3PermissionError` in
+#: the handler).
+DENIED = "denied"
+
+#: S3 error codes by kind. A bare status ("404", "403") is what botocore reports for an
+#: answer without an XML body (a HEAD, or a proxy in the way).
+KINDS = {
+    "NoSuchKey": MISSING,
+    "404": MISSING,
+    "AccessDenied": DENIED,
+    "403": DENIED,
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The error code of a botocore ``ClientError`` (``""`` for any other exception)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", "") or "")
+
+
+def s3_error_kind(code: str) -> str | None:
+    """`MISSING`, `DENIED`, or ``None`` (not an error dask-lambda maps: raise it as it is)."""
+    return KINDS.get(code)
+
+
+def layout_prefixes(key: str) -> tuple[str, str]:
+    """``(user prefix, layout prefix)`` of a key: ``("dask/", "dask/jobs/")`` for
+    ``dask/jobs/<run>/<task>.job``; a key outside the layout gets its folder for both.
+
+    Examples
+    --------
+    >>> layout_prefixes("dask/jobs/0123/t-a0.job")
+    ('dask/', 'dask/jobs/')
+    >>> layout_prefixes("runs/0123.json")
+    ('', 'runs/')
+    """
+    parts = key.split("/")
+    for depth, kinds in ((3, (protocol.JOBS, protocol.RESULTS)), (2, (protocol.RUNS,))):
+        if len(parts) >= depth and parts[-depth] in kinds:
+            user = "".join(p + "/" for p in parts[:-depth])
+            return user, f"{user}{parts[-depth]}/"
+    folder = "".join(p + "/" for p in parts[:-1])
+    return folder, folder
+
+
+def grant_scope(bucket: str, key: str) -> tuple[str, str]:
+    """IAM resources for an action refused on ``s3://bucket/key``: ``(narrow, wide)``.
+
+    ``narrow`` is the layout prefix the key is under, ``wide`` the user's prefix that holds
+    every prefix of the layout.
+
+    Examples
+    --------
+    >>> grant_scope("b", "dask/jobs/0123/t-a0.job")
+    ('arn:aws:s3:::b/dask/jobs/*', 'arn:aws:s3:::b/dask/*')
+    """
+    user, layout = layout_prefixes(key)
+    return f"arn:aws:s3:::{bucket}/{layout}*", f"arn:aws:s3:::{bucket}/{user}*"
