@@ -16,6 +16,7 @@ from dask_lambda_handler.protocol import ObjectRef
 from . import batching, gc_tuning
 from .backends.base import Backend
 from .cluster import LambdaCluster
+from . import serialize
 from .serialize import find_unpicklable
 
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
@@ -123,6 +124,7 @@ class LambdaClient(Client):
             raise
 
     def _graph_to_futures(self, expr: Any, keys: Any, *args: Any, **kwargs: Any) -> Any:
+        serialize.new_submission()  # functions are pickled again: globals may have changed
         submitted = self._batched(expr, keys) if self.batching else expr
         try:
             return super()._graph_to_futures(submitted, keys, *args, **kwargs)

@@ -11,9 +11,11 @@ directory.
 from __future__ import annotations
 
 import functools
+import io
 import sys
-from collections import ChainMap
 import types
+import weakref
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -60,8 +62,55 @@ def _code_reduce(obj: types.CodeType) -> Any:
     return func, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
+#: Functions pickled by value, by function object, as a finished pickle, so that a function
+#: that 10,000 tasks use is pickled once, not 10,000 times. The gateway's tasks hold the
+#: user's live functions, so `new_submission` empties it whenever the client submits a graph:
+#: a task sees the function (and the globals it reads) as they were when its graph was
+#: submitted or later, as with any cluster that ships the graph to other processes.
+_by_value: weakref.WeakKeyDictionary[types.FunctionType, bytes] = weakref.WeakKeyDictionary()
+
+
+_BY_REFERENCE = b""  # marks a function cloudpickle pickles by reference (module and name)
+
+
+def new_submission() -> None:
+    """Forget the functions pickled so far (the client is submitting a graph)."""
+    global _by_value
+    _by_value = weakref.WeakKeyDictionary()
+
+
 class _Pickler(cloudpickle.Pickler):
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType and obj is not self._whole:
+            by_value = _by_value
+            blob = by_value.get(obj)
+            if blob is None:
+                if _by_reference(obj):
+                    by_value[obj] = _BY_REFERENCE
+                    return super().reducer_override(obj)
+                blob = _dump_function(obj)
+            elif blob is _BY_REFERENCE:
+                return super().reducer_override(obj)
+            return protocol.load_nested, (blob,)
+        return super().reducer_override(obj)
+
+    _whole: Any = None
+
+
+def _by_reference(func: types.FunctionType) -> bool:
+    return cloudpickle.cloudpickle._should_pickle_by_reference(func)
+
+
+def _dump_function(func: types.FunctionType) -> bytes:
+    buf = io.BytesIO()
+    pickler = _Pickler(buf, protocol=5)
+    pickler._whole = func  # this one by value, as cloudpickle does; functions it uses cached
+    pickler.dump(func)
+    blob = buf.getvalue()
+    _by_value[func] = blob
+    return blob
 
 
 def prepare() -> None:

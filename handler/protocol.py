@@ -16,7 +16,8 @@ retried or duplicated attempt can never overwrite another attempt's output.
 
 Payload format (job and result alike)::
 
-    b"DLJ1" | HMAC-SHA256 (32 bytes) | header length (4 bytes, big endian) | header JSON | frame 0 | frame 1 ...
+    b"DLJ1" | HMAC-SHA256 (32 bytes) | header length (4 bytes, big endian) | header JSON
+            | frame 0 | frame 1 ...
 
 Frame 0 is a pickle (protocol 5, cloudpickle) whose large buffers (numpy and
 pandas memory, bytes) are carried out-of-band as frames 1..n, so they are
@@ -35,8 +36,9 @@ import json
 import pickle
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 PROTOCOL_VERSION = 1
 MAGIC = b"DLJ1"
@@ -154,17 +156,40 @@ class Payload:
     frames: list = field(default_factory=list)
 
     def load(self, find_class: Any = None) -> Any:
-        """Unpickle frame 0 with its out-of-band buffers."""
-        import io
+        """Unpickle frame 0 with its out-of-band buffers.
 
+        ``find_class(module, name)`` may return a stand-in for a global (None: the real
+        one); it applies to pickles nested inside this one (`load_nested`) too.
+        """
+        global _nested_find_class
         if find_class is None:
             return pickle.loads(self.frames[0], buffers=self.frames[1:])
+        outer, _nested_find_class = _nested_find_class, find_class
+        try:
+            return _unpickler(find_class, self.frames[0], self.frames[1:]).load()
+        finally:
+            _nested_find_class = outer
 
-        class _Unpickler(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:  # noqa: D102
-                return find_class(module, name) or super().find_class(module, name)
 
-        return _Unpickler(io.BytesIO(self.frames[0]), buffers=self.frames[1:]).load()
+_nested_find_class: Any = None
+
+
+def _unpickler(find_class: Any, data: Any, buffers: Any = ()) -> pickle.Unpickler:
+    import io
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+            return find_class(module, name) or super().find_class(module, name)
+
+    return _Unpickler(io.BytesIO(data), buffers=buffers)
+
+
+def load_nested(blob: bytes) -> Any:
+    """Unpickle a pickle nested in a job (a function the client pickled once for many jobs),
+    with the stand-ins of the job being loaded."""
+    if _nested_find_class is None:
+        return pickle.loads(blob)
+    return _unpickler(_nested_find_class, blob).load()
 
 
 def dumps_object(obj: Any, pickler: Any = None) -> list:

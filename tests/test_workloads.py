@@ -54,13 +54,13 @@ def x():
 
 def test_array_elementwise_and_reductions(client, x):
     exprs = [(x * 2 + 1).sum(), np.sin(x).mean(axis=0), x.max(), x.std(), (x > 0).sum(axis=1)]
-    for got, want in zip(lam(*exprs), sync(*exprs)):
+    for got, want in zip(lam(*exprs), sync(*exprs), strict=True):
         np.testing.assert_allclose(got, want)
 
 
 def test_array_transpose_matmul_rechunk(client, x):
     exprs = [x + x.T, x @ x.T, x.rechunk((150, 50)), x.rechunk((300, 30)).sum(axis=0)]
-    for got, want in zip(lam(*exprs), sync(*exprs)):
+    for got, want in zip(lam(*exprs), sync(*exprs), strict=True):
         np.testing.assert_allclose(got, want)
 
 
@@ -215,3 +215,22 @@ def test_generator_result_and_large_array_through_s3(client):
         yield from range(3)
 
     assert client.submit(lambda: list(gen())).result() == [0, 1, 2]
+
+
+THRESHOLD = 10
+
+
+def above_threshold(x):
+    return x > THRESHOLD
+
+
+def test_a_changed_global_reaches_the_next_submission(client):
+    # Functions pickled by value are pickled once per submission (the scheduler's copy), not
+    # once per task: a global the user changes between submissions must still be seen.
+    global THRESHOLD
+    assert client.gather(client.map(above_threshold, [5, 15], pure=False)) == [False, True]
+    THRESHOLD = 3
+    try:
+        assert client.gather(client.map(above_threshold, [5, 15], pure=False)) == [True, True]
+    finally:
+        THRESHOLD = 10
