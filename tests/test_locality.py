@@ -148,20 +148,28 @@ def test_aliases_of_persisted_partitions_are_not_copied_through_lambda(client):
 
     df = client.persist(dd.from_map(make, range(4)).optimize())
     wait(df)
-    before = client.lambda_stats()
-    assert client.compute(df.x.sum().optimize()).result() == sum(
-        make(i).x.sum() for i in range(4))
-    after = client.lambda_stats()
-    # only the reduction ran in Lambda: the renames of the persisted partitions ran here,
-    # and no partition was copied into a new S3 object
-    assert after["local_tasks"] - before["local_tasks"] >= 4
-    assert after["output_bytes_in_s3"] == before["output_bytes_in_s3"]
-    assert after["invocations"] - before["invocations"] <= 5
+    try:
+        for batching in (False, True):
+            client.batching = batching
+            before = client.lambda_stats()
+            assert client.compute(df.x.sum().optimize()).result() == sum(
+                make(i).x.sum() for i in range(4))
+            after = client.lambda_stats()
+            # Only the reduction ran in Lambda and no partition was copied into a new S3
+            # object: the renames of the persisted partitions ran here (batching off) or
+            # inside the invocation of the task that reads them (batching on).
+            if not batching:
+                assert after["local_tasks"] - before["local_tasks"] >= 4
+            assert after["output_bytes_in_s3"] == before["output_bytes_in_s3"]
+            assert after["invocations"] - before["invocations"] <= 5
+    finally:
+        client.batching = True
 
 
 def test_an_object_held_by_two_keys_goes_only_with_the_last():
-    from dask_lambda.executor import LambdaData
     from dask_lambda_handler.protocol import ObjectRef
+
+    from dask_lambda.executor import LambdaData
 
     released = []
     data = LambdaData(released.append)
