@@ -164,6 +164,8 @@ def build(spec: PackageSpec, *, log=print) -> Package:
     tree, zip_path = root / "tree", root / "package.zip"
     if (root / "done").exists():
         size = _tree_size(tree)
+        if not zip_path.exists() and size <= names.UNZIPPED_LIMIT:
+            zip_tree(tree, zip_path)  # cached while a lower limit applied: zip it now
         return Package(tree, zip_path if zip_path.exists() else None, size, _versions(tree))
     shutil.rmtree(root, ignore_errors=True)
     tree.mkdir(parents=True)
