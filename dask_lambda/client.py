@@ -9,14 +9,12 @@ from typing import Any
 
 import dask
 from dask._expr import LLGExpr
+from dask_lambda_handler.protocol import ObjectRef
 from distributed import Client
 
-from dask_lambda_handler.protocol import ObjectRef
-
-from . import batching, gc_tuning
+from . import batching, gc_tuning, serialize
 from .backends.base import Backend
 from .cluster import LambdaCluster
-from . import serialize
 from .serialize import find_unpicklable
 
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
@@ -94,8 +92,8 @@ class LambdaClient(Client):
     """
 
     _CLUSTER_ARGS = ("inline_max", "retries", "locality", "max_output", "oom_retry_memory",
-                     "cost_budget", "stale_after", "local_faults", "local_s3_endpoint", "dashboard_address",
-                     "function", "region", "mode", "loop")
+                     "cost_budget", "stale_after", "local_faults", "local_s3_endpoint",
+                     "dashboard_address", "function", "region", "mode", "loop")
 
     def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
                  concurrency: int | None = None, memory: int | None = None,
@@ -181,7 +179,7 @@ class LambdaClient(Client):
         return self.cluster.cost_report()
 
     def lambda_stats(self) -> dict:
-        """Counters of this client's Lambda work: tasks, invocations, cold starts, retries, bytes."""
+        """Counters of this client's Lambda work: tasks, invocations, batches, retries, bytes."""
         return self.cluster.lambda_stats()
 
 
