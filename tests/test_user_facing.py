@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -116,3 +117,43 @@ def test_scale_benchmark_quick_mode_runs(tmp_path):
     assert re.search(r"1,000 x 0\.2 s\s+100\s+[\d.]+s", out.stdout)  # a row of the table
     assert "invocations, 0 retries, 0 errors" in out.stdout
     assert (tmp_path / "out.json").stat().st_size > 0
+
+
+def test_batching_benchmark_quick_mode_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--quick",
+                          "--json", str(tmp_path / "out.json")], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for backend in ("sim", "local"):
+        for graph in ("tree of 256 leaves", "map-reduce, 64 maps"):
+            for mode in ("off", "cold", "warm"):
+                assert re.search(rf"\n{backend}\s+{re.escape(graph)}\s+{mode}\s+[\d,]+\s+[\d.]+",
+                                 out.stdout), (backend, graph, mode)
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    invocations = {(r["backend"], r["graph"], r["mode"]): r["invocations"] for r in rows}
+    # The local backend checked every result against dask's synchronous scheduler; a warm
+    # tree reduction of trivial tasks takes far fewer invocations than one per task.
+    assert invocations[("local", "tree", "off")] == 511
+    assert invocations[("local", "tree", "warm")] < 511 / 10
+
+
+def test_lithops_compare_benchmark_quick_mode_runs(tmp_path):
+    script = ROOT / "benchmarks" / "lithops_compare.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--json",
+                          str(tmp_path / "out.json")], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for label in ("(a)  Lithops localhost (default, v2)", "(a1) Lithops localhost, version 1",
+                  '(b)  LambdaClient(backend="local")', "(c)  LocalCluster(processes=False)"):
+        assert re.search(rf"\n\s+10  {re.escape(label)}\s+[\d.]+\s+[\d.]+", out.stdout), label
+    assert "Ratios of (b) to each setup" in out.stdout
+    assert (tmp_path / "out.json").stat().st_size > 0
+    # Without Lithops it says how to install it and exits 2 instead of failing on the import.
+    hide_lithops = ("import runpy, sys; sys.modules['lithops'] = None; "
+                    f"sys.path.insert(0, {str(script.parent)!r}); "
+                    f"sys.argv = [{str(script)!r}, '--quick']; "
+                    f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", hide_lithops], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "pip install -e '.[bench]'" in out.stderr
