@@ -36,7 +36,7 @@ From the repository root::
     python benchmarks/scale.py                  # both scenarios (a few minutes)
     python benchmarks/scale.py --scenarios 10k  # only 10,000 x 1 s
     python benchmarks/scale.py --quick          # smoke test: small sizes (~20 s)
-    python benchmarks/scale.py --saturation 2   # the scheduler gives the gateway 2 tasks per slot
+    python benchmarks/scale.py --saturation 1.1 # distributed's default instead of the gateway's 2
     python benchmarks/scale.py --json results.json
 """
 
@@ -153,7 +153,7 @@ def run_one(name: str, args: argparse.Namespace) -> Figures:
     if args.saturation is not None:
         import dask
 
-        dask.config.set({"distributed.scheduler.worker-saturation": args.saturation})
+        dask.config.set({"lambda.worker-saturation": args.saturation})
     model = LambdaModel(invoke_latency=tuple(args.latency), cold_start=tuple(args.cold_start),
                         duration=constant(duration))
     backend = SimulatedBackend(model)
@@ -247,8 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1,000 x 0.2 s and 2,000 x 0.02 s at concurrency 100")
     parser.add_argument("--saturation", type=float, default=None, metavar="X",
-                        help="the scheduler's distributed.scheduler.worker-saturation (default: "
-                             "distributed's, 1.1): tasks it gives the gateway per slot")
+                        help="lambda.worker-saturation: tasks the scheduler gives the gateway per "
+                             "slot (default: dask-lambda's, 2.0; distributed's own is 1.1)")
     parser.add_argument("--profile", metavar="PATH",
                         help="write a cProfile of the event loop to PATH.<scenario>")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")

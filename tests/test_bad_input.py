@@ -116,3 +116,20 @@ def test_cost_budget_stops_dispatching(s3_endpoint):
     assert report["dollars"] <= 0.00002 + one.dollars()
     assert "the estimated cost would pass the budget of $0.0000" in str(info.value)
     assert "LambdaClient(..., cost_budget=0.01), or DASK_LAMBDA__COST_BUDGET." in str(info.value)
+
+
+def test_worker_saturation_is_the_gateways_own_setting(s3_endpoint):
+    import dask
+
+    with pytest.raises(ConfigurationError, match=r"worker-saturation must be a positive number, "
+                                                 r"not 0: e\.g\. dask\.config\.set"):
+        with dask.config.set({"lambda.worker-saturation": 0}):
+            LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint)
+    with LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint,
+                      dashboard_address=None) as client:
+        assert client.cluster.scheduler.WORKER_SATURATION == 2.0
+    with dask.config.set({"lambda.worker-saturation": None,
+                          "distributed.scheduler.worker-saturation": 1.5}), \
+            LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint,
+                         dashboard_address=None) as client:
+        assert client.cluster.scheduler.WORKER_SATURATION == 1.5
