@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -16,47 +14,23 @@ from . import batching, gc_tuning, serialize
 from .backends.base import Backend
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
+from .while_open import WhileAnyOpen
 
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
 TASK_BASED = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 
 
-class _WhileAnyOpen:
-    """Set `TASK_BASED` while at least one client is open; restore it when the last closes.
-
-    A plain ``dask.config.set`` per client restores stale values when clients close in
-    another order than they opened.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients = 0
-        self._saved: dict[str, Any] = {}
-
-    def enter(self) -> None:
-        with self._lock:
-            self._clients += 1
-            if self._clients == 1:
-                self._saved = {k: dask.config.get(k, None) for k in TASK_BASED}
-                dask.config.set(TASK_BASED)
-
-    def exit(self) -> None:
-        with self._lock:
-            self._clients -= 1
-            if self._clients == 0:
-                dask.config.set(self._saved)
+def _task_based_on() -> dict[str, Any]:
+    saved = {k: dask.config.get(k, None) for k in TASK_BASED}
+    dask.config.set(TASK_BASED)
+    return saved
 
 
-_TASK_BASED = _WhileAnyOpen()
+def _task_based_off(saved: dict[str, Any]) -> None:
+    dask.config.set(saved)
 
 
-@contextlib.contextmanager
-def _task_based_shuffle() -> Iterator[None]:
-    _TASK_BASED.enter()
-    try:
-        yield
-    finally:
-        _TASK_BASED.exit()
+_TASK_BASED = WhileAnyOpen(_task_based_on, _task_based_off)
 
 
 class LambdaClient(Client):
@@ -111,7 +85,7 @@ class LambdaClient(Client):
                                 **cluster_args)
         # Process-wide settings while the client is open (undone by close).
         while_open = contextlib.ExitStack()
-        while_open.enter_context(_task_based_shuffle())
+        while_open.enter_context(_TASK_BASED.held())
         while_open.enter_context(gc_tuning.collect_less_often())
         self._while_open: contextlib.ExitStack | None = while_open
         try:

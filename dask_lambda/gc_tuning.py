@@ -15,40 +15,28 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 from collections.abc import Iterator
+
+from .while_open import WhileAnyOpen
 
 #: Net new objects between young-generation collections while a client is open.
 GEN0_THRESHOLD = 50_000
 
 
-class _Thresholds:
-    """Raise the young-generation threshold while at least one client is open."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients = 0
-        self._saved: tuple[int, ...] = ()
-        self._set: tuple[int, ...] = ()
-
-    def enter(self, gen0: int) -> None:
-        with self._lock:
-            self._clients += 1
-            if self._clients > 1:
-                return
-            self._saved = gc.get_threshold()
-            if 0 < self._saved[0] < gen0:  # 0: the user turned automatic collection off
-                gc.set_threshold(gen0, *self._saved[1:])
-            self._set = gc.get_threshold()
-
-    def exit(self) -> None:
-        with self._lock:
-            self._clients -= 1
-            if self._clients == 0 and gc.get_threshold() == self._set:
-                gc.set_threshold(*self._saved)
+def _raise(gen0: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    saved = gc.get_threshold()
+    if 0 < saved[0] < gen0:  # 0: the user turned automatic collection off
+        gc.set_threshold(gen0, *saved[1:])
+    return saved, gc.get_threshold()
 
 
-_THRESHOLDS = _Thresholds()
+def _restore(thresholds: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    saved, set_here = thresholds
+    if gc.get_threshold() == set_here:  # unless something else changed them meanwhile
+        gc.set_threshold(*saved)
+
+
+_THRESHOLDS = WhileAnyOpen(_raise, _restore)
 
 
 @contextlib.contextmanager
@@ -62,8 +50,5 @@ def collect_less_often(gen0: int = GEN0_THRESHOLD) -> Iterator[None]:
     ...     gc.get_threshold()[0] >= 50_000
     True
     """
-    _THRESHOLDS.enter(gen0)
-    try:
+    with _THRESHOLDS.held(gen0):
         yield
-    finally:
-        _THRESHOLDS.exit()
