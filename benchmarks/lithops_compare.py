@@ -183,11 +183,7 @@ def _reaped_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@dataclass
-class Sample:
-    wall: float
-    cpu: float
-    child_cpu: float
+Sample = overhead.Sample
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Sample, Any]:
@@ -210,7 +206,7 @@ def check(results: list, n: int) -> None:
 
 
 @dataclass
-class Result:
+class Result(overhead.PerTask):
     """One setup x map size: raw seconds per repetition and medians per task."""
 
     setup: str
@@ -224,16 +220,9 @@ class Result:
     child_cpu_ms_per_task: float = 0.0
     total_cpu_ms_per_task: float = 0.0
 
-    def add(self, sample: Sample) -> None:
-        self.wall_s.append(sample.wall)
-        self.cpu_s.append(sample.cpu)
-        self.child_cpu_s.append(sample.child_cpu)
-
     def summarize(self) -> None:
+        super().summarize()
         per_task = 1000.0 / self.tasks
-        self.wall_ms_per_task = statistics.median(self.wall_s) * per_task
-        self.cpu_ms_per_task = statistics.median(self.cpu_s) * per_task
-        self.child_cpu_ms_per_task = statistics.median(self.child_cpu_s) * per_task
         self.total_cpu_ms_per_task = statistics.median(
             c + k for c, k in zip(self.cpu_s, self.child_cpu_s, strict=True)) * per_task
 

@@ -85,7 +85,6 @@ import time
 from typing import Any
 
 import _env  # benchmarks/_env.py (scripts run from this folder)
-
 import numpy as np
 import pandas as pd
 

@@ -75,7 +75,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import _env  # benchmarks/_env.py (scripts run from this folder)
-
 import dask
 import psutil
 from distributed import Client, LocalCluster
@@ -211,8 +210,29 @@ def measure(fn: Callable[[], None]) -> Sample:
     return Sample(wall, cpu, child)
 
 
+class PerTask:
+    """Collects `Sample`s and their medians per task (for dataclasses with ``tasks``,
+    ``wall_s``, ``cpu_s``, ``child_cpu_s`` and the ``*_ms_per_task`` fields)."""
+
+    tasks: int
+    wall_s: list[float]
+    cpu_s: list[float]
+    child_cpu_s: list[float]
+
+    def add(self, sample: Sample) -> None:
+        self.wall_s.append(sample.wall)
+        self.cpu_s.append(sample.cpu)
+        self.child_cpu_s.append(sample.child_cpu)
+
+    def summarize(self) -> None:
+        per_task = 1000.0 / self.tasks
+        self.wall_ms_per_task = statistics.median(self.wall_s) * per_task
+        self.cpu_ms_per_task = statistics.median(self.cpu_s) * per_task
+        self.child_cpu_ms_per_task = statistics.median(self.child_cpu_s) * per_task
+
+
 @dataclass
-class Result:
+class Result(PerTask):
     """One setup x workload: raw seconds per repetition and medians per task."""
 
     setup: str
@@ -228,17 +248,6 @@ class Result:
     wall_ratio: float | None = None
     cpu_ratio: float | None = None
     lambda_stats: dict[str, int] | None = None
-
-    def add(self, sample: Sample) -> None:
-        self.wall_s.append(sample.wall)
-        self.cpu_s.append(sample.cpu)
-        self.child_cpu_s.append(sample.child_cpu)
-
-    def summarize(self) -> None:
-        per_task = 1000.0 / self.tasks
-        self.wall_ms_per_task = statistics.median(self.wall_s) * per_task
-        self.cpu_ms_per_task = statistics.median(self.cpu_s) * per_task
-        self.child_cpu_ms_per_task = statistics.median(self.child_cpu_s) * per_task
 
 
 def _stats(client: Client) -> dict[str, int] | None:
