@@ -317,6 +317,31 @@ class LambdaCluster(SpecCluster):
         return report
 
 
+class _ProgressFeedClosed(logging.Filter):
+    """Drop the traceback distributed logs when a progress bar's feed ends.
+
+    ``distributed.progress(...)`` streams from the scheduler's ``feed`` handler; when the bar
+    finishes, that coroutine is cancelled mid-``sleep`` and distributed logs the
+    ``CancelledError`` at ERROR, a scary traceback after every progress bar. Nothing failed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, asyncio.CancelledError):
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name == "feed" and "scheduler" in code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+_FEED_FILTER = _ProgressFeedClosed()
+logging.getLogger("distributed.scheduler").addFilter(_FEED_FILTER)
+
+
 class GatewayScheduler(Scheduler):
     """distributed's scheduler, with the gateway's own ``worker_saturation``.
 
