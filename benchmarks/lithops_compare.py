@@ -120,7 +120,10 @@ def lithops_config(concurrency: int, version: int | None,
     """A complete Lithops configuration for localhost compute and storage (no ~/.lithops)."""
     config: dict[str, Any] = {
         "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
-        "localhost": {"worker_processes": concurrency}}
+        # runtime: this interpreter by path. Lithops' default is its basename ("python"),
+        # looked up on PATH, which outside an activated virtualenv is another Python without
+        # Lithops: every call then fails in the runner and the map never finishes.
+        "localhost": {"worker_processes": concurrency, "runtime": sys.executable}}
     if version is not None:
         config["localhost"]["version"] = version
     if monitoring_interval is not None:
