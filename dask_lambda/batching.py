@@ -58,6 +58,8 @@ from dask._task_spec import GraphNode, Task, TaskRef, convert_legacy_graph, cull
 from dask.utils import key_split, parse_timedelta
 from dask_lambda_handler.batch import run_batch
 
+from .errors import ConfigurationError
+
 __all__ = ["BatchSettings", "BatchedExpr", "fuse_graph", "group_prefixes"]
 
 
@@ -99,12 +101,29 @@ class BatchSettings:
                      (dask.config.get("distributed.scheduler.default-task-durations", None)
                       or {}).items()}
         durations.update(measured)
-        return cls(max_tasks=int(cfg["max-tasks"]),
-                   max_duration=timeout / 10 if max_duration is None
-                   else float(parse_timedelta(max_duration)),
-                   overhead=float(parse_timedelta(cfg["overhead"])),
-                   unknown_duration=float(parse_timedelta(unknown)),
-                   durations=durations)
+        try:
+            settings = cls(max_tasks=int(cfg["max-tasks"]),
+                           max_duration=timeout / 10 if max_duration is None
+                           else float(parse_timedelta(max_duration)),
+                           overhead=float(parse_timedelta(cfg["overhead"])),
+                           unknown_duration=float(parse_timedelta(unknown)),
+                           durations=durations)
+        except (TypeError, ValueError, KeyError) as exc:  # parse_timedelta: KeyError for units
+            raise ConfigurationError(
+                f"lambda.batching is not valid ({exc}): e.g. dask.config.set("
+                "{'lambda.batching.max-tasks': 64, 'lambda.batching.overhead': '100ms'})"
+            ) from None
+        bad = [name for name, ok in (("max-tasks", settings.max_tasks >= 1),
+                                     ("max-duration", settings.max_duration > 0),
+                                     ("overhead", settings.overhead >= 0),
+                                     ("unknown-duration", settings.unknown_duration >= 0))
+               if not ok]
+        if bad:
+            raise ConfigurationError(
+                f"lambda.batching.{bad[0]} must be positive (max-tasks at least 1), not "
+                f"{cfg.get(bad[0])!r}: e.g. dask.config.set({{'lambda.batching.max-tasks': 64}}), "
+                "or LambdaClient(..., batching=False) to turn batching off")
+        return settings
 
     def duration(self, key: Any) -> float:
         return self.durations.get(key_split(key), self.unknown_duration)

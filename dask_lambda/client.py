@@ -12,6 +12,7 @@ from distributed import Client
 
 from . import batching, gc_tuning, serialize
 from .backends.base import Backend
+from .batching import BatchSettings
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
 from .while_open import WhileAnyOpen
@@ -79,6 +80,8 @@ class LambdaClient(Client):
             raise TypeError(f"batching must be True or False, not {batching!r}: e.g. "
                             "LambdaClient(..., batching=False)")
         self.batching = batching
+        if batching:
+            BatchSettings.from_config(timeout or 300.0, {})  # bad settings fail here, not later
         cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
         cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
                                 memory=memory, timeout=timeout, asynchronous=asynchronous,

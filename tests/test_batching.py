@@ -20,7 +20,7 @@ from distributed import wait
 
 from dask_lambda import LambdaClient
 from dask_lambda.batching import BatchSettings, fuse_graph, group_prefixes
-from dask_lambda.errors import LambdaTimeoutError, TaskSerializationError
+from dask_lambda.errors import ConfigurationError, LambdaTimeoutError, TaskSerializationError
 
 from .conftest import bucket_for, list_keys
 
@@ -274,3 +274,15 @@ def test_an_unpicklable_task_inside_a_chain_is_named(client):
     with pytest.raises(TaskSerializationError, match="task 'holds-a-lock' cannot be sent to "
                                                      "Lambda because it cannot be pickled"):
         client.compute(z).result()
+
+
+def test_bad_batching_settings_fail_when_the_client_is_made():
+    with dask.config.set({"lambda.batching.max-tasks": 0}), pytest.raises(
+            ConfigurationError, match=r"lambda\.batching\.max-tasks must be positive \(max-tasks "
+                                      r"at least 1\), not 0: e\.g\. dask\.config\.set\("):
+        LambdaClient("s3://some-bucket")
+    with dask.config.set({"lambda.batching.overhead": "soon"}), pytest.raises(
+            ConfigurationError, match=r"lambda\.batching is not valid .*: e\.g\. dask\.config"):
+        LambdaClient("s3://some-bucket")
+    with dask.config.set({"lambda.batching.max-tasks": 0}):  # not checked when turned off
+        LambdaClient("s3://some-bucket", batching=False, dashboard_address=None).close()
