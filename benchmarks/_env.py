@@ -38,3 +38,12 @@ def banner(title: str, env: dict[str, Any], details: str = "") -> str:
             f"{env['cpu_count']} CPUs, dask {env['versions']['dask']}, "
             f"distributed {env['versions']['distributed']}, git {env['git']}")
     return f"{line}; {details}" if details else line
+
+
+def write_json(path: str, report: dict[str, Any]) -> None:
+    """Write a benchmark's figures (``--json PATH``) and say so."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {path}")

@@ -69,13 +69,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from typing import Any
 
@@ -215,12 +214,6 @@ class Result(overhead.PerTask):
     setup: str
     label: str
     tasks: int
-    wall_s: list[float] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
-    child_cpu_s: list[float] = field(default_factory=list)
-    wall_ms_per_task: float = 0.0
-    cpu_ms_per_task: float = 0.0
-    child_cpu_ms_per_task: float = 0.0
     total_cpu_ms_per_task: float = 0.0
 
     def summarize(self) -> None:
@@ -431,9 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                   "skipped": skipped,
                   "results": [asdict(r) for r in results],
                   "ratios_b_to": rows}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
+        _env.write_json(args.json, report)
     return 0
 
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
 import statistics
 import sys
@@ -210,14 +209,17 @@ def measure(fn: Callable[[], None]) -> Sample:
     return Sample(wall, cpu, child)
 
 
+@dataclass(kw_only=True)
 class PerTask:
-    """Collects `Sample`s and their medians per task (for dataclasses with ``tasks``,
-    ``wall_s``, ``cpu_s``, ``child_cpu_s`` and the ``*_ms_per_task`` fields)."""
+    """`Sample`s of one setup and workload and their medians per task (a subclass has
+    ``tasks``)."""
 
-    tasks: int
-    wall_s: list[float]
-    cpu_s: list[float]
-    child_cpu_s: list[float]
+    wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    child_cpu_s: list[float] = field(default_factory=list)
+    wall_ms_per_task: float = 0.0
+    cpu_ms_per_task: float = 0.0
+    child_cpu_ms_per_task: float = 0.0
 
     def add(self, sample: Sample) -> None:
         self.wall_s.append(sample.wall)
@@ -225,7 +227,7 @@ class PerTask:
         self.child_cpu_s.append(sample.child_cpu)
 
     def summarize(self) -> None:
-        per_task = 1000.0 / self.tasks
+        per_task = 1000.0 / self.tasks  # type: ignore[attr-defined]
         self.wall_ms_per_task = statistics.median(self.wall_s) * per_task
         self.cpu_ms_per_task = statistics.median(self.cpu_s) * per_task
         self.child_cpu_ms_per_task = statistics.median(self.child_cpu_s) * per_task
@@ -239,12 +241,6 @@ class Result(PerTask):
     label: str
     workload: str
     tasks: int
-    wall_s: list[float] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
-    child_cpu_s: list[float] = field(default_factory=list)
-    wall_ms_per_task: float = 0.0
-    cpu_ms_per_task: float = 0.0
-    child_cpu_ms_per_task: float = 0.0
     wall_ratio: float | None = None
     cpu_ratio: float | None = None
     lambda_stats: dict[str, int] | None = None
@@ -417,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                   "startup_s": startups,
                   "lambda_stats_total": {k: v for k, v in totals.items() if v is not None},
                   "results": [asdict(r) for r in results]}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nwrote {args.json}")
+        _env.write_json(args.json, report)
     return 0
 
 
