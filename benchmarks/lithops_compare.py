@@ -355,16 +355,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "2 s)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sizes and one repetition unless given")
-    parser.add_argument("--setups", default=",".join(s.name for s in SETUPS),
-                        help="comma-separated setups to run, in order (default: all: "
-                             f"{','.join(s.name for s in SETUPS)})")
+    overhead.add_setups_option(parser, SETUPS)
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    names = {s.name: s for s in SETUPS}
-    args.setups = [x.strip() for x in args.setups.split(",") if x.strip()]
-    unknown = [x for x in args.setups if x not in names]
-    if unknown or not args.setups:
-        parser.error(f"unknown setup(s) {unknown}: choose from {', '.join(names)}")
+    overhead.check_setups(parser, args, SETUPS, "lithops-v1,lambda-local")
     quick = {"repeat": 1, "tasks": "10"}
     full = {"repeat": 5, "tasks": "100,1000"}
     for name, default in (quick if args.quick else full).items():

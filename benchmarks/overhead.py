@@ -346,6 +346,24 @@ def environment() -> dict[str, Any]:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def add_setups_option(parser: argparse.ArgumentParser, setups: tuple) -> None:
+    """``--setups``: which of ``setups`` (objects with a ``name``) to run, in order."""
+    names = ",".join(s.name for s in setups)
+    parser.add_argument("--setups", default=names, help="comma-separated setups to run, in "
+                        f"order (default: all: {names})")
+
+
+def check_setups(parser: argparse.ArgumentParser, args: argparse.Namespace, setups: tuple,
+                 example: str) -> None:
+    """Turn ``args.setups`` into a list of names, or stop with the ones to choose from."""
+    names = [s.name for s in setups]
+    args.setups = [x.strip() for x in args.setups.split(",") if x.strip()]
+    unknown = [x for x in args.setups if x not in names]
+    if unknown or not args.setups:
+        parser.error(f"unknown setup(s) {unknown}: choose from {', '.join(names)}, "
+                     f"e.g. --setups {example}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Per-task overhead: LocalCluster (threads, processes) vs LambdaClient "
@@ -361,21 +379,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "Lambda concurrency (c) (default 2)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sizes and one repetition unless given")
-    parser.add_argument("--setups", default=",".join(s.name for s in SETUPS),
-                        help="comma-separated setups to run, in order (default: all: "
-                             f"{','.join(s.name for s in SETUPS)})")
+    add_setups_option(parser, SETUPS)
     parser.add_argument("--gc-threshold", type=int, default=None, metavar="N",
                         help="run every setup with the garbage collector's young-generation "
                              "threshold at least N (LambdaClient uses "
                              f"{gc_tuning.GEN0_THRESHOLD} on its own)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    names = {s.name: s for s in SETUPS}
-    args.setups = [x.strip() for x in args.setups.split(",") if x.strip()]
-    unknown = [x for x in args.setups if x not in names]
-    if unknown or not args.setups:
-        parser.error(f"unknown setup(s) {unknown}: choose from {', '.join(names)}, "
-                     "e.g. --setups threads,lambda-sim")
+    check_setups(parser, args, SETUPS, "threads,lambda-sim")
     quick = {"repeat": 1, "tasks": 20, "chain": 5}
     full = {"repeat": 5, "tasks": 1000, "chain": 100}
     for name, default in (quick if args.quick else full).items():
