@@ -280,6 +280,14 @@ def test_s3_refusing_the_clients_result_download_names_the_permission(denying_s3
         f"f/results/{run}/{protocol.task_token('down')}-", "-a0.out")
 
 
+def handler_refusal(task: str, action: str, bucket: str, area: str) -> str:
+    """The message for the function's role refused ``action`` under ``f/<area>/``."""
+    return (f"task '{task}': S3PermissionError: the function's role may not {action} on "
+            f"s3://{bucket}/{{key}} (AccessDenied): allow {action} on "
+            f"arn:aws:s3:::{bucket}/f/{area}/* in the role's policy, or run "
+            + DEPLOY_HINT.format(b=bucket))
+
+
 def test_s3_refusing_the_functions_job_read_names_the_permission(denying_s3):
     bucket = "f-deny-job-get"
     with refusing(denying_s3, bucket) as client:
@@ -288,12 +296,8 @@ def test_s3_refusing_the_functions_job_read_names_the_permission(denying_s3):
         run = client.cluster.layout.run
         assert client.lambda_stats()["retries"] == 0  # not the environment's fault: no retry
     assert info.value.error_type == "S3PermissionError"  # the handler's type, for code to test
-    assert_message(str(info.value), (
-        "task 'job': S3PermissionError: the function's role may not s3:GetObject on "
-        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:GetObject on "
-        f"arn:aws:s3:::{bucket}/f/jobs/* in the role's policy, or run "
-        + DEPLOY_HINT.format(b=bucket)),
-        f"f/jobs/{run}/{protocol.task_token('job')}-", "-a0.job")
+    assert_message(str(info.value), handler_refusal("job", "s3:GetObject", bucket, "jobs"),
+                   f"f/jobs/{run}/{protocol.task_token('job')}-", "-a0.job")
 
 
 def test_s3_refusing_the_functions_input_read_names_the_permission(denying_s3):
@@ -304,12 +308,9 @@ def test_s3_refusing_the_functions_input_read_names_the_permission(denying_s3):
         with pytest.raises(FunctionError) as info:
             client.submit(np.sum, first, key="second").result()
         run = client.cluster.layout.run
-    assert_message(str(info.value), (
-        "task 'second': S3PermissionError: the function's role may not s3:GetObject on "
-        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:GetObject on "
-        f"arn:aws:s3:::{bucket}/f/results/* in the role's policy, or run "
-        + DEPLOY_HINT.format(b=bucket)),
-        f"f/results/{run}/{protocol.task_token('first')}-", "-a0.out")
+    assert_message(str(info.value),
+                   handler_refusal("second", "s3:GetObject", bucket, "results"),
+                   f"f/results/{run}/{protocol.task_token('first')}-", "-a0.out")
 
 
 def test_s3_refusing_the_functions_output_write_names_the_permission(denying_s3):
@@ -318,12 +319,8 @@ def test_s3_refusing_the_functions_output_write_names_the_permission(denying_s3)
         with pytest.raises(FunctionError) as info:
             client.submit(np.ones, 10, key="out").result()
         run = client.cluster.layout.run
-    assert_message(str(info.value), (
-        "task 'out': S3PermissionError: the function's role may not s3:PutObject on "
-        f"s3://{bucket}/{{key}} (AccessDenied): allow s3:PutObject on "
-        f"arn:aws:s3:::{bucket}/f/results/* in the role's policy, or run "
-        + DEPLOY_HINT.format(b=bucket)),
-        f"f/results/{run}/{protocol.task_token('out')}-", "-a0.out")
+    assert_message(str(info.value), handler_refusal("out", "s3:PutObject", bucket, "results"),
+                   f"f/results/{run}/{protocol.task_token('out')}-", "-a0.out")
 
 
 # -- the client --------------------------------------------------------------------------
