@@ -179,7 +179,8 @@ def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
     # Aliases (a key naming another) and literals cost nothing to run.
     work = {k: settings.duration(k) if type(node) is Task else 0.0 for k, node in dsk.items()}
     absorbed_by: dict[Any, Any] = {}
-    for r in _topological(dsk, deps):
+    order = _topological(dsk, deps)
+    for r in order:
         sig = fusable[r]
         if sig is None or not deps[r]:
             continue
@@ -217,7 +218,7 @@ def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
         return dict(dsk), {kind: dict(v) for kind, v in annotations.items()}
 
     members: dict[Any, list] = defaultdict(list)
-    for k in _topological(dsk, deps):
+    for k in order:
         root = k
         while root in absorbed_by:
             root = absorbed_by[root]

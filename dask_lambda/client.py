@@ -10,9 +10,9 @@ from dask._expr import LLGExpr
 from dask_lambda_handler.protocol import ObjectRef
 from distributed import Client
 
-from . import batching, gc_tuning, serialize
+from . import config, gc_tuning, serialize
 from .backends.base import Backend
-from .batching import BatchSettings
+from .batching import BatchedExpr, BatchSettings
 from .cluster import LambdaCluster
 from .serialize import find_unpicklable
 from .while_open import WhileAnyOpen
@@ -80,8 +80,8 @@ class LambdaClient(Client):
             raise TypeError(f"batching must be True or False, not {batching!r}: e.g. "
                             "LambdaClient(..., batching=False)")
         self.batching = batching
-        if batching:
-            BatchSettings.from_config(timeout or 300.0, {})  # bad settings fail here, not later
+        if batching:  # bad settings fail here, not at the first compute
+            BatchSettings.from_config(float(config.get("timeout", timeout)), {})
         cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
         cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
                                 memory=memory, timeout=timeout, asynchronous=asynchronous,
@@ -116,8 +116,8 @@ class LambdaClient(Client):
             return expr  # submit(): nothing to fuse
         executor = self.cluster.executor
         measured = executor.duration_estimates() if executor is not None else {}
-        settings = batching.BatchSettings.from_config(self.cluster.settings.timeout, measured)
-        return batching.BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr))
+        settings = BatchSettings.from_config(self.cluster.settings.timeout, measured)
+        return BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr))
 
     async def _gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
         # Outputs kept in S3 reach the client as references: download only what is gathered.

@@ -90,7 +90,7 @@ class _Pickler(cloudpickle.Pickler):
                 if _by_reference(obj):
                     by_value[obj] = _BY_REFERENCE
                     return super().reducer_override(obj)
-                blob = _dump_function(obj)
+                blob = by_value[obj] = _dump_function(obj)
             elif blob is _BY_REFERENCE:
                 return super().reducer_override(obj)
             return protocol.load_nested, (blob,)
@@ -108,9 +108,7 @@ def _dump_function(func: types.FunctionType) -> bytes:
     pickler = _Pickler(buf, protocol=5)
     pickler._whole = func  # this one by value, as cloudpickle does; functions it uses cached
     pickler.dump(func)
-    blob = buf.getvalue()
-    _by_value[func] = blob
-    return blob
+    return buf.getvalue()
 
 
 def prepare() -> None:

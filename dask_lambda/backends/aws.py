@@ -129,10 +129,8 @@ class AwsBackend(Backend):
     def s3_options(self) -> dict[str, Any]:
         return {"endpoint_url": None, "region": self.region, "credentials": None}
 
-    @property
-    def billed_memory_mb(self) -> int:
-        """The deployed function's memory (GetFunctionConfiguration), not the client's setting."""
-        return self.function_memory
+    # billed_memory_mb: the base class's settings.memory, which `start` sets to the deployed
+    # function's MemorySize.
 
     @property
     def billed_architecture(self) -> str:
