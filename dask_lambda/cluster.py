@@ -153,7 +153,8 @@ class LambdaCluster(SpecCluster):
             self.backend = AwsBackend(
                 settings, layout=self.layout, function=function, region=region,
                 mode=config.get("aws.mode", mode),
-                notification_grace=float(config.get("aws.notification-grace")))
+                notification_grace=float(config.get("aws.notification-grace")),
+                invoker=config.get("aws.invoker"))
         else:
             from .backends.local import LocalBackend
 

@@ -227,6 +227,19 @@ def test_throttled_invokes_are_retried(aws):
             boto("lambda").delete_function_concurrency(FunctionName="dl-short")
 
 
+@pytest.mark.parametrize("invoker", ["auto", "sdk"])
+def test_direct_and_sdk_invokers_give_the_same_results(aws, invoker):
+    """auto sends invokes with dask-lambda's own client (no proxy here); sdk with aiobotocore."""
+    with dask.config.set({"lambda.aws.invoker": invoker}), _client("invoke") as c:
+        used = c.cluster.backend._invoker
+        assert (used.direct is not None) == (invoker == "auto")
+        assert (used.sdk is not None) == (invoker == "sdk")
+        assert c.gather(c.map(lambda i: i * i, range(5))) == [0, 1, 4, 9, 16]
+        with pytest.raises(ZeroDivisionError):
+            c.submit(lambda: 1 / 0).result()
+        assert c.lambda_stats()["invocations"] == 6
+
+
 def test_version_mismatch_names_the_fix(aws, tmp_path):
     """A function whose handler reports other versions is refused on start."""
     import dask_lambda_handler

@@ -5,15 +5,17 @@ environment, ``AWS_ENDPOINT_URL``), so the same code runs against AWS or a
 local emulator.  Two ways to dispatch a job:
 
 ``mode="invoke"`` (default)
-    one synchronous (``RequestResponse``) invoke per job, on pooled aiobotocore
-    connections.  The invoke client's read timeout is the function timeout plus a
-    margin and botocore's retries are off: a long task is never re-sent by the
-    SDK (boto's default 60 s read timeout would silently run it twice).  Only
-    connection failures, where nothing was sent, are retried here; a 429 is
-    retried with backoff by the executor; an answer that leaves unknown whether
-    the task ran is a crash, retried by the executor under a new attempt key, so
-    it can never overwrite an accepted output.  Asynchronous invokes (which
-    Lambda may deliver twice) are never used.
+    one synchronous (``RequestResponse``) invoke per job, on pooled keep-alive
+    connections: by :mod:`.lambda_api` (about a tenth of aiobotocore's client CPU per
+    invoke), or by aiobotocore where a proxy applies to the endpoint or
+    ``lambda.aws.invoker`` is ``"sdk"``.  The read timeout is the function timeout
+    plus a margin and nothing re-sends an invoke: a long task never runs twice
+    (boto's default 60 s read timeout with retries would).  Only connection
+    failures, where nothing was sent, are retried here; a 429 is retried with
+    backoff by the executor; an answer that leaves unknown whether the task ran is a
+    crash, retried by the executor under a new attempt key, so it can never
+    overwrite an accepted output.  Asynchronous invokes (which Lambda may deliver
+    twice) are never used.
 ``mode="trigger"``
     the job is written as an S3 object and the bucket's ObjectCreated
     notification invokes the function (:mod:`.aws_trigger`).
@@ -24,34 +26,33 @@ Python minor version, cloudpickle, dask and dask-lambda as this machine.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import dataclasses
 import json
 import os
 import re
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from dask_lambda_handler import protocol
 
 from ..deploy import compat, names
 from ..errors import (
     ConfigurationError,
-    FunctionError,
     HandlerCrashedError,
-    LambdaThrottledError,
     PermissionDeniedError,
     VersionMismatchError,
 )
-from .aws_errors import invoke_error
 from .base import Backend, FunctionSettings
+from .invoke import FunctionInvoker
+from .lambda_api import Credentials, LambdaInvoker, raise_open_files_limit
 
 MODES = ("invoke", "trigger")
+INVOKERS = ("auto", "direct", "sdk")
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
 _CONNECT_TIMEOUT = 10
-_CONNECT_RETRIES = 5
 _FUNCTION_NAME = re.compile(r"^(arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:)?[A-Za-z0-9_-]{1,64}$")
 
 
@@ -88,13 +89,17 @@ class AwsBackend(Backend):
         ``"invoke"`` or ``"trigger"``.
     notification_grace
         Trigger mode: seconds an S3 notification may take to start the function.
+    invoker
+        How invokes are sent: ``"direct"`` (:mod:`.lambda_api`), ``"sdk"`` (aiobotocore),
+        or ``"auto"``: direct unless a proxy applies to the Lambda endpoint.
     """
 
     name = "aws"
 
     def __init__(self, settings: FunctionSettings, *, layout: protocol.Layout,
                  function: str = names.DEFAULT_FUNCTION, region: str | None = None,
-                 mode: str = "invoke", notification_grace: float = 120.0):
+                 mode: str = "invoke", notification_grace: float = 120.0,
+                 invoker: str = "auto"):
         super().__init__(settings)
         self.layout = layout
         self.function = function
@@ -105,6 +110,11 @@ class AwsBackend(Backend):
             raise ConfigurationError(
                 f"mode must be 'invoke' or 'trigger', not {mode!r}: e.g. "
                 f"LambdaClient(\"{where}\", backend=\"aws\", mode=\"trigger\")")
+        if invoker not in INVOKERS:
+            raise ConfigurationError(
+                f"invoker must be one of {', '.join(map(repr, INVOKERS))}, not {invoker!r}: e.g. "
+                "dask.config.set({'lambda.aws.invoker': 'auto'})")
+        self.invoker = invoker
         if not isinstance(function, str) or not _FUNCTION_NAME.match(function):
             raise ConfigurationError(
                 f"{function!r} is not a Lambda function name (letters, digits, '-' and '_', "
@@ -122,7 +132,7 @@ class AwsBackend(Backend):
         self.function_architecture = "x86_64"
         self.deployed_versions: dict = {}
         self._stack: contextlib.AsyncExitStack | None = None
-        self._lambda: Any = None
+        self._invoker: FunctionInvoker | None = None
         self._trigger: Any = None
 
     @property
@@ -153,13 +163,25 @@ class AwsBackend(Backend):
                 retries={"mode": "standard", "max_attempts": 3},
                 connect_timeout=_CONNECT_TIMEOUT, read_timeout=60)))
         await self._describe(control)
-        await self._check_versions(control)
-        self._lambda = await self._stack.enter_async_context(session.create_client(
-            "lambda", region_name=self.region, config=AioConfig(
-                read_timeout=self.function_timeout + READ_MARGIN,
-                connect_timeout=_CONNECT_TIMEOUT,
-                retries={"total_max_attempts": 1},  # never re-send an invoke
-                max_pool_connections=max(10, self.settings.concurrency))))
+        connections = max(10, self.settings.concurrency)
+        raise_open_files_limit(connections)
+        read_timeout = self.function_timeout + READ_MARGIN
+        direct = sdk = None
+        if self._use_direct(control):
+            direct = await self._direct_invoker(session, control, connections, read_timeout)
+            self._stack.push_async_callback(direct.close)
+        else:
+            sdk = await self._stack.enter_async_context(session.create_client(
+                "lambda", region_name=self.region, config=AioConfig(
+                    read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
+                    retries={"total_max_attempts": 1},  # never re-send an invoke
+                    max_pool_connections=connections)))
+        self._invoker = FunctionInvoker(
+            self.function, f"AWS Lambda in {self.region}", direct=direct, sdk=sdk,
+            memory=self.function_memory, timeout=self.function_timeout,
+            read_timeout=read_timeout, fix=self._fix,
+            redeploy=f"deploy it again with `{self.deploy}`", on_sent=self._count_invocation)
+        await self._check_versions()
         if self.mode == "trigger":
             from .aws_trigger import TriggerDispatcher
 
@@ -219,11 +241,55 @@ class AwsBackend(Backend):
         self.settings = dataclasses.replace(self.settings, timeout=self.function_timeout,
                                             memory=self.function_memory)
 
-    async def _check_versions(self, control: Any) -> None:
-        resp = await control.invoke(FunctionName=self.function, Payload=b'{"op": "ping"}')
-        body = await resp["Payload"].read()
-        answer = json.loads(body or b"null")
-        if resp.get("FunctionError") or not isinstance(answer, dict) or "versions" not in answer:
+    def _use_direct(self, control: Any) -> bool:
+        """Whether invokes go through `.lambda_api` (see ``invoker``)."""
+        if self.invoker != "auto":
+            return self.invoker == "direct"
+        return not _proxied(control.meta.endpoint_url, control.meta.config.proxies)
+
+    async def _direct_invoker(self, session: Any, control: Any, connections: int,
+                              read_timeout: float) -> LambdaInvoker:
+        """An invoker on the endpoint, region, credentials and CA bundle aiobotocore resolved."""
+        from botocore.httpsession import get_cert_path
+
+        creds = await session.get_credentials()
+
+        async def credentials() -> Credentials:
+            frozen = await creds.get_frozen_credentials()
+            return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        url = control.meta.endpoint_url
+        context = None
+        if urlsplit(url).scheme == "https":
+            context = ssl.create_default_context(
+                cafile=session.get_config_variable("ca_bundle") or get_cert_path(True))
+        return LambdaInvoker(url, control.meta.region_name, self.function, credentials,
+                             max_connections=connections, read_timeout=read_timeout,
+                             connect_timeout=_CONNECT_TIMEOUT, ssl_context=context)
+
+    def _fix(self, option: str, value: int) -> str:
+        return f"`{self.deploy} --{option} {value}`"
+
+    def _count_invocation(self) -> None:
+        self.invocations += 1
+
+    async def _check_versions(self) -> None:
+        try:
+            body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}',
+                                                                   count=False)
+        except ssl.SSLError as exc:
+            raise ConfigurationError(
+                f"TLS to AWS Lambda in {self.region} failed ({exc}): if a proxy or firewall "
+                "re-signs HTTPS, point AWS_CA_BUNDLE at its CA certificate") from None
+        except HandlerCrashedError as exc:
+            raise ConfigurationError(
+                f"cannot reach AWS Lambda in {self.region} ({exc}): check the network, the "
+                "region and AWS_ENDPOINT_URL") from None
+        try:
+            answer = json.loads(body or b"null")
+        except ValueError:
+            answer = None
+        if function_error or not isinstance(answer, dict) or "versions" not in answer:
             raise VersionMismatchError(
                 f"the Lambda function {self.function!r} did not answer dask-lambda's ping "
                 f"({body[:300]!r}): it is not a dask-lambda handler, or a broken one. Redeploy "
@@ -263,66 +329,18 @@ class AwsBackend(Backend):
             self.invocations += 1
             response = await self._trigger.run(event)
         else:
-            response = await self._invoke(event)
+            response = await self._invoker.invoke(event)
         if (response.get("stats") or {}).get("cold"):
             self.cold_starts += 1
         return response
 
-    async def _invoke(self, event: dict) -> dict:
-        from botocore.exceptions import (
-            ConnectionClosedError,
-            ConnectTimeoutError,
-            EndpointConnectionError,
-            ReadTimeoutError,
-        )
 
-        payload = json.dumps(event).encode()
-        for attempt in range(_CONNECT_RETRIES + 1):
-            try:
-                resp = await self._lambda.invoke(FunctionName=self.function, Payload=payload,
-                                                 InvocationType="RequestResponse", LogType="Tail")
-                break
-            except (EndpointConnectionError, ConnectTimeoutError) as exc:
-                if attempt == _CONNECT_RETRIES:  # nothing was sent: retrying was safe
-                    raise HandlerCrashedError(
-                        f"cannot connect to AWS Lambda in {self.region}: {exc}") from None
-                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
-            except ReadTimeoutError:
-                self.invocations += 1
-                raise HandlerCrashedError(
-                    f"no answer from Lambda {self.function_timeout + READ_MARGIN:.0f} s after "
-                    "invoking it (the function timeout plus a margin): the connection was lost. "
-                    "The attempt is not re-sent; a new attempt writes its own result.") from None
-            except ConnectionClosedError as exc:
-                self.invocations += 1
-                raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
-            except Exception as exc:
-                raise self._client_error(exc) from None
-        self.invocations += 1
-        body = await resp["Payload"].read()
-        if resp.get("FunctionError"):
-            try:
-                err = json.loads(body)
-            except ValueError:
-                err = {"errorType": "Unhandled", "errorMessage": body[:1000].decode("replace")}
-            log = base64.b64decode(resp.get("LogResult") or b"").decode("utf-8", "replace")
-            request_id = resp.get("ResponseMetadata", {}).get("RequestId", "?")
-            raise invoke_error(err if isinstance(err, dict) else {"errorMessage": str(err)}, log,
-                               request_id=request_id, memory=self.function_memory,
-                               timeout=self.function_timeout, deploy=self.deploy)
-        return json.loads(body)
+def _proxied(url: str, configured: dict | None) -> bool:
+    """Whether botocore would reach ``url`` through a proxy (its config, or the environment's
+    HTTP(S)_PROXY outside NO_PROXY)."""
+    from urllib.request import getproxies, proxy_bypass
 
-    def _client_error(self, exc: Exception) -> Exception:
-        code, status = _code(exc), _status(exc)
-        if code == "TooManyRequestsException" or status == 429:
-            return LambdaThrottledError(f"Rate Exceeded ({code or 429}): {exc}")
-        if code == "ResourceNotFoundException":
-            return FunctionError(f"the Lambda function {self.function!r} is gone: deploy it again "
-                                 f"with `{self.deploy}`", code)
-        if code in ("AccessDeniedException", "AccessDenied") or status == 403:
-            return PermissionDeniedError(
-                f"AWS refused lambda:InvokeFunction on {self.function!r} ({code}): allow it for "
-                "your credentials (see README, Run on AWS)")
-        if status >= 500:  # unknown whether it ran: a new attempt writes its own result
-            return HandlerCrashedError(f"Lambda answered {code or status}: {exc}")
-        return FunctionError(f"{code}: {exc}", code or "Unhandled")
+    if configured:
+        return True
+    parts = urlsplit(url)
+    return parts.scheme in getproxies() and not proxy_bypass(parts.hostname or "")

@@ -8,6 +8,7 @@ the log tail (``LogType=Tail``) holds the ``REPORT`` line with the peak memory.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from ..errors import (
     DaskLambdaError,
@@ -28,7 +29,7 @@ _RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Lost\w*)):", re.M)
 
 
 def invoke_error(err: dict, log: str, *, request_id: str, memory: int, timeout: float,
-                 deploy: str) -> DaskLambdaError:
+                 fix: Callable[[str, int], str]) -> DaskLambdaError:
     """The typed error for a function error ``err`` of an invocation.
 
     Parameters
@@ -41,8 +42,9 @@ def invoke_error(err: dict, log: str, *, request_id: str, memory: int, timeout: 
         Lambda's request id, quoted in the message.
     memory, timeout
         The function's configured memory (MB) and timeout (s).
-    deploy
-        The ``dask-lambda deploy ...`` command for this function (without size options).
+    fix
+        How the user gives the function another setting: ``fix("timeout", 10)`` is, for a
+        deployed function, ```dask-lambda deploy ... --timeout 10```.
     """
     etype = str(err.get("errorType") or "Unhandled")
     text = str(err.get("errorMessage") or "")
@@ -51,7 +53,7 @@ def invoke_error(err: dict, log: str, *, request_id: str, memory: int, timeout: 
         seconds = float(timed_out.group(1)) if timed_out else timeout
         return LambdaTimeoutError(
             f"Task timed out after {seconds:.2f} seconds (request {request_id}). Raise the "
-            f"function timeout, e.g. `{deploy} --timeout {int(min(900, timeout * 2))}`, or split "
+            f"function timeout, e.g. {fix('timeout', int(min(900, timeout * 2)))}, or split "
             "the task into smaller ones.")
     used = _MAX_MEMORY.findall(log)
     peak = int(used[-1]) if used else None
@@ -60,7 +62,7 @@ def invoke_error(err: dict, log: str, *, request_id: str, memory: int, timeout: 
         return LambdaOutOfMemoryError(
             f"Runtime exited: out of memory. The task used {peak or memory} MB, the function's "
             f"{memory} MB (request {request_id}). Give it more, e.g. "
-            f"`{deploy} --memory {min(10240, memory * 2)}`, or use smaller partitions/chunks.")
+            f"{fix('memory', min(10240, memory * 2))}, or use smaller partitions/chunks.")
     if etype in _CRASH_TYPES or _CRASHED.search(text):
         return HandlerCrashedError(
             f"{text or etype} while running the task (request {request_id}): the execution "

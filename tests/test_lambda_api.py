@@ -1,0 +1,303 @@
+"""dask-lambda's own Lambda Invoke client: botocore's signature, HTTP/1.1 on pooled
+connections, and every kind of answer mapped to the error a user sees.
+
+The peer is a real HTTP server on 127.0.0.1 (an asyncio server in the test, scripted
+per request); the end-to-end invokes against a real Lambda API (ministack) are in
+test_aws_backend.py, and the simulated Lambda endpoint in test_simulated.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from urllib.parse import quote
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
+
+from dask_lambda.backends.aws import _proxied
+from dask_lambda.backends.invoke import FunctionInvoker
+from dask_lambda.backends.lambda_api import (
+    ConnectionLost,
+    Credentials,
+    HttpPool,
+    LambdaInvoker,
+    NothingSent,
+    ReadTimeout,
+    SigV4,
+)
+from dask_lambda.errors import (
+    FunctionError,
+    HandlerCrashedError,
+    LambdaThrottledError,
+    LambdaTimeoutError,
+    PermissionDeniedError,
+)
+
+
+@pytest.mark.parametrize("function, token, endpoint", [
+    ("my-function", None, "https://lambda.us-east-1.amazonaws.com"),
+    ("arn:aws:lambda:eu-west-1:123456789012:function:dask-lambda", "FwoG/session+token=",
+     "https://lambda.eu-west-1.amazonaws.com"),
+    ("dl-e2e", None, "http://127.0.0.1:4566"),
+])
+def test_signature_is_botocores(function, token, endpoint):
+    region = endpoint.split(".")[1] if "amazonaws" in endpoint else "us-east-1"
+    path = f"/2015-03-31/functions/{quote(function, safe='')}/invocations"
+    payload = b'{"op": "run", "job": "\xe2\x9c\x93"}'
+    request = AWSRequest(method="POST", url=endpoint + path, data=payload, headers={
+        "X-Amz-Invocation-Type": "RequestResponse", "X-Amz-Log-Type": "Tail"})
+    SigV4Auth(BotoCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "lambda",
+              region).add_auth(request)
+    now = calendar.timegm(time.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+    host = endpoint.split("://")[1]
+    ours = SigV4(region, "lambda").sign(
+        "POST", host, path, {"x-amz-invocation-type": "RequestResponse",
+                             "x-amz-log-type": "Tail"}, payload,
+        Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), now)
+    assert ours["authorization"] == request.headers["Authorization"]
+    assert ours.get("x-amz-security-token") == request.headers.get("X-Amz-Security-Token")
+
+
+class Peer:
+    """An HTTP/1.1 server on 127.0.0.1 that answers each request with the next scripted reply.
+
+    A reply is raw bytes to write (then the connection stays open), ``"close"`` (close the
+    connection without answering), or ``"hang"`` (never answer).
+    """
+
+    def __init__(self, replies: list):
+        self.replies = list(replies)
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Peer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                self.requests.append((head, await reader.readexactly(length)))
+                reply = self.replies.pop(0)
+                if reply == "close":
+                    break
+                if reply == "hang":
+                    await asyncio.sleep(3600)
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _reply(status: int, body: bytes = b"{}", **headers: str) -> bytes:
+    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"HTTP/1.1 {status} X\r\n{head}content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _creds() -> Credentials:
+    return Credentials("testing", "testing", "session-token")
+
+
+def _invoker(url: str, **options) -> LambdaInvoker:
+    return LambdaInvoker(url, "us-east-1", "fn", _creds, **{
+        "max_connections": 4, "read_timeout": 5.0, **options})
+
+
+def test_invokes_reuse_one_connection_and_send_what_botocore_sends():
+    async def go():
+        async with Peer([_reply(200, b'{"n": 1}'), _reply(200, b'{"n": 2}')]) as peer:
+            invoker = _invoker(peer.url)
+            first = await invoker.invoke(b'{"op": "run"}')
+            second = await invoker.invoke(b'{"op": "run"}')
+            await invoker.close()
+            return peer, invoker, first, second
+
+    peer, invoker, first, second = asyncio.run(go())
+    assert (first.status, first.body, second.body) == (200, b'{"n": 1}', b'{"n": 2}')
+    assert peer.connections == 1 and invoker.pool.opened == 1  # kept alive, reused
+    head, body = peer.requests[0]
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /2015-03-31/functions/fn/invocations HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    assert headers["x-amz-invocation-type"] == "RequestResponse"
+    assert headers["x-amz-log-type"] == "Tail"
+    assert headers["x-amz-security-token"] == "session-token"
+    assert headers["host"] == peer.url.split("://")[1]
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert body == b'{"op": "run"}'
+
+
+def test_connection_close_and_chunked_answers_are_read_whole():
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+               b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+
+    async def go():
+        async with Peer([_reply(200, b'{"x": 1}', connection="close"), chunked]) as peer:
+            invoker = _invoker(peer.url)
+            first = await invoker.invoke(b"{}")
+            second = await invoker.invoke(b"{}")
+            await invoker.close()
+            return peer, first, second
+
+    peer, first, second = asyncio.run(go())
+    assert first.body == b'{"x": 1}' and second.body == b'{"a": 1}'
+    assert peer.connections == 2  # "connection: close" was honoured
+
+
+def test_transport_failures_say_whether_anything_was_sent():
+    async def go():
+        with contextlib.closing(__import__("socket").socket()) as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, not listening
+            with pytest.raises(NothingSent, match="cannot connect to 127.0.0.1"):
+                await _invoker(dead).invoke(b"{}")
+        async with Peer(["close", "hang"]) as peer:
+            with pytest.raises(ConnectionLost, match="failed before the answer was complete"):
+                await _invoker(peer.url).invoke(b"{}")
+            with pytest.raises(ReadTimeout, match="no answer from 127.0.0.1"):
+                await _invoker(peer.url, read_timeout=0.3).invoke(b"{}")
+
+    asyncio.run(go())
+
+
+def test_a_full_pool_makes_requests_wait_for_a_connection():
+    async def go():
+        async with Peer([_reply(200)] * 6) as peer:
+            pool = HttpPool(peer.url, max_connections=2)
+            await asyncio.gather(*(pool.request("POST", "/", {"host": pool.host}, b"{}", 5.0)
+                                   for _ in range(6)))
+            await pool.close()
+            return peer, pool
+
+    peer, pool = asyncio.run(go())
+    assert len(peer.requests) == 6 and pool.opened == peer.connections == 2
+
+
+def _function_invoker(url: str) -> FunctionInvoker:
+    return FunctionInvoker(
+        "fn", "AWS Lambda in us-east-1", direct=_invoker(url), memory=1024, timeout=60.0,
+        read_timeout=120.0, fix=lambda option, value: f"`deploy --{option} {value}`",
+        redeploy="deploy it again with `deploy`")
+
+
+def test_every_answer_becomes_the_response_or_an_error_that_names_the_fix():
+    log = base64.b64encode(b"REPORT RequestId: r1 Max Memory Used: 1024 MB").decode()
+    replies = [
+        _reply(200, b'{"status": "ok"}'),
+        _reply(429, b'{"Type": "User", "message": "Rate Exceeded."}',
+               x_amzn_ErrorType="TooManyRequestsException:http://internal.amazon.com/"),
+        _reply(404, b'{"Type": "User", "message": "Function not found: fn"}',
+               x_amzn_ErrorType="ResourceNotFoundException"),
+        _reply(403, b'{"Message": "not allowed"}', x_amzn_ErrorType="AccessDeniedException"),
+        _reply(502, b'{"message": "bad gateway"}', x_amzn_ErrorType="ServiceException"),
+        _reply(200, json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
+                                "r0 Task timed out after 60.00 seconds"}).encode(),
+               x_amz_function_error="Unhandled", x_amzn_requestid="r0"),
+        _reply(200, json.dumps({"errorType": "Runtime.OutOfMemory", "errorMessage":
+                                "Runtime exited with error: signal: killed"}).encode(),
+               x_amz_function_error="Unhandled", x_amz_log_result=log, x_amzn_requestid="r1"),
+    ]
+
+    async def go():
+        async with Peer(replies) as peer:
+            invoker = _function_invoker(peer.url)
+            outcomes = []
+            for _ in replies:
+                try:
+                    outcomes.append(await invoker.invoke({"op": "run"}))
+                except Exception as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+    ok, throttled, gone, denied, crashed, timed_out, oom = asyncio.run(go())
+    assert ok == {"status": "ok"}
+    assert isinstance(throttled, LambdaThrottledError)
+    assert str(throttled).startswith("Rate Exceeded (TooManyRequestsException): Rate Exceeded.")
+    assert isinstance(gone, FunctionError) and gone.error_type == "ResourceNotFoundException"
+    assert str(gone) == "the Lambda function 'fn' is gone: deploy it again with `deploy`"
+    assert isinstance(denied, PermissionDeniedError)
+    assert "AWS refused lambda:InvokeFunction on 'fn' (AccessDeniedException)" in str(denied)
+    assert isinstance(crashed, HandlerCrashedError)
+    assert str(crashed) == "Lambda answered ServiceException: bad gateway (HTTP 502)"
+    assert isinstance(timed_out, LambdaTimeoutError)
+    assert str(timed_out).startswith("Task timed out after 60.00 seconds (request r0). "
+                                     "Raise the function timeout, e.g. `deploy --timeout 120`")
+    assert "The task used 1024 MB, the function's 1024 MB (request r1). Give it more, e.g. " \
+           "`deploy --memory 2048`" in str(oom)
+
+
+def test_a_lost_connection_is_a_crash_and_nothing_sent_is_retried_then_a_crash(monkeypatch):
+    import dask_lambda.backends.invoke as invoke
+
+    monkeypatch.setattr(invoke, "CONNECT_RETRIES", 1)
+
+    async def go():
+        async with Peer(["close"]) as peer:
+            with pytest.raises(HandlerCrashedError, match="the connection to Lambda closed"):
+                await _function_invoker(peer.url).invoke({})
+        with contextlib.closing(__import__("socket").socket()) as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"
+            with pytest.raises(HandlerCrashedError,
+                               match="cannot connect to AWS Lambda in us-east-1: cannot connect"):
+                await _function_invoker(url).invoke({})
+
+    asyncio.run(go())
+
+
+def test_auto_uses_the_sdk_where_a_proxy_applies(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY",
+                 "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    url = "https://lambda.us-east-1.amazonaws.com"
+    assert not _proxied(url, None)
+    assert _proxied(url, {"https": "http://proxy:3128"})  # botocore's proxies setting
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert _proxied(url, None)
+    monkeypatch.setenv("NO_PROXY", ".amazonaws.com")
+    assert not _proxied(url, None)
+
+
+def _with_open_files_limit(soft: int, hard: int, concurrency: int) -> subprocess.CompletedProcess:
+    """Run raise_open_files_limit(concurrency) in a process started with these limits."""
+    import resource
+
+    script = ("import resource\n"
+              "from dask_lambda.backends.lambda_api import raise_open_files_limit\n"
+              f"raise_open_files_limit({concurrency})\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+
+def test_the_open_files_limit_is_raised_for_the_concurrency_or_names_the_fix():
+    assert _with_open_files_limit(300, 300, 40).stdout.strip() == "300"  # enough already
+    assert _with_open_files_limit(256, 4096, 1000).stdout.strip() == "1256"  # raised
+    refused = _with_open_files_limit(256, 512, 1000)  # macOS's shells start at 256
+    assert refused.returncode == 1
+    assert ("ConfigurationError: concurrency=1000 needs about 1256 open files (one connection "
+            "per invocation in flight) and this process may open at most 512: raise the limit "
+            "before starting Python (`ulimit -n 1256`), or lower the concurrency, e.g. "
+            "LambdaClient(..., concurrency=256)") in refused.stderr
