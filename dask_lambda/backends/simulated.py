@@ -2,8 +2,13 @@
 
 It stands in for Lambda so that what the *client* spends per task (scheduler,
 gateway, job encoding, invokes) can be measured at a scale this machine could
-never run for real: thousands of concurrent "functions" are coroutines that
-``await asyncio.sleep``.  Per invocation it models
+never run for real.  Lambda is a process of its own
+(:mod:`dask_lambda.backends.simulated_server`) that serves the Lambda Invoke API
+on 127.0.0.1, and the client reaches it through the same invoke path as the aws
+backend (:mod:`.invoke`, :mod:`.lambda_api`: SigV4 signing, pooled HTTP
+connections, Lambda's status codes), so the client's cost per invocation is the
+real one.  Thousands of concurrent "functions" are timers in that process.  Per
+invocation it models
 
 * the invoke round trip (`LambdaModel.invoke_latency`, half on the way in and half
   on the way back);
@@ -17,10 +22,12 @@ never run for real: thousands of concurrent "functions" are coroutines that
   the function timeout (`LambdaTimeoutError`).
 
 The job is never decoded and nothing is unpickled: every invocation returns the
-same signed inline result (the value ``None``, built once), in the shape
+same signed inline result (the value ``None``), in the shape
 :func:`dask_lambda_handler.runner.handle` returns, unless `LambdaModel.result`
-asks for a value per event.  S3 (for the client's bucket check, run marker and
-clean-up) is moto's server, as for the local backend, or an endpoint given.
+asks for a value per event.  The model's functions are pickled by value where
+their module is not installed (as tasks are).  S3 (for the client's bucket check,
+run marker and clean-up) is moto's server, as for the local backend, or an
+endpoint given.
 
 Examples
 --------
@@ -29,7 +36,7 @@ Examples
 >>> backend = SimulatedBackend(LambdaModel(duration=constant(1.0)))
 >>> client = LambdaClient("s3://sim/run", backend=backend, concurrency=1000)  # doctest: +SKIP
 >>> client.gather(client.map(str, range(10_000), pure=False))  # doctest: +SKIP
->>> backend.counters()  # doctest: +SKIP
+>>> client.close(); backend.counters()  # doctest: +SKIP
 {'requests': 10000, 'invocations': 10000, 'cold_starts': 1000, 'throttles': 0, ...}
 """
 
@@ -37,24 +44,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import monotonic
 from typing import Any
 
-from dask_lambda_handler import protocol
+import cloudpickle
 
-from ..errors import (
-    ConfigurationError,
-    HandlerCrashedError,
-    LambdaThrottledError,
-    LambdaTimeoutError,
-)
+from ..errors import ConfigurationError, HandlerCrashedError
 from ..scaling import SCALING_PERIOD, SCALING_RATE
 from .base import FunctionSettings
-from .local_s3 import LocalS3Backend
+from .invoke import FunctionInvoker
+from .lambda_api import Credentials, LambdaInvoker
+from .local_s3 import CREDENTIALS, START_TIMEOUT, LocalS3Backend, stop_process
 
 #: A delay in seconds: a constant, a ``(low, high)`` uniform range, or a function of a
 #: `random.Random` returning one (e.g. ``lambda rng: rng.lognormvariate(-3.2, 0.3)``).
@@ -119,7 +123,8 @@ class LambdaModel:
                 "for the client's concurrency): e.g. LambdaModel(account_concurrency=1000)")
 
 
-def _sampler(delay: Delay, rng: random.Random) -> Callable[[], float]:
+def sampler(delay: Delay, rng: random.Random) -> Callable[[], float]:
+    """A function drawing one delay (seconds) from ``delay``."""
     if callable(delay):
         return lambda: max(0.0, float(delay(rng)))
     if isinstance(delay, tuple):
@@ -159,6 +164,31 @@ class SimulatedCounters:
     timeline: list[tuple[float, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the server simulates.
+
+    Attributes
+    ----------
+    model
+        How Lambda behaves.
+    function
+        The function name it answers for.
+    signing_key
+        The HMAC key results are signed with.
+    timeout
+        The function timeout, seconds.
+    concurrency
+        The account concurrency when ``model.account_concurrency`` is ``None``.
+    """
+
+    model: LambdaModel
+    function: str
+    signing_key: bytes
+    timeout: float
+    concurrency: int
+
+
 class SimulatedBackend(LocalS3Backend):
     """Lambda's latencies, cold starts, concurrency limit and scaling rate; tasks only sleep.
 
@@ -170,23 +200,27 @@ class SimulatedBackend(LocalS3Backend):
         The function's settings; ``None`` (usual): the cluster gives them.
     s3_endpoint
         Use this S3 endpoint instead of starting a private moto server.
+
+    Notes
+    -----
+    What the simulated Lambda saw (`counters`, ``stats``) is read from it when the
+    backend stops (when the client closes), or by `refresh_counters`.
     """
 
     name = "simulated"
+    #: The function name the simulated endpoint answers for.
+    FUNCTION = "simulated"
 
     def __init__(self, model: LambdaModel | None = None, settings: FunctionSettings | None = None,
                  *, s3_endpoint: str | None = None):
         super().__init__(settings, s3_endpoint=s3_endpoint)
         self.model = model = model or LambdaModel()
         self.scaling_rate, self.scaling_period = model.scaling_rate, model.scaling_period
-        rng = random.Random(model.seed)
-        self._latency = _sampler(model.invoke_latency, rng)
-        self._cold_start = _sampler(model.cold_start, rng)
+        #: What the simulated Lambda saw, as of the last `refresh_counters`.
         self.stats = SimulatedCounters()
-        self._idle = 0  # warm environments not running anything
-        self._created: deque[float] = deque()  # creation times within the scaling window
-        self._t0: float | None = None
-        self._result: tuple[str, int, int] = ("", 0, 0)
+        self._server: asyncio.subprocess.Process | None = None
+        self._invoker: FunctionInvoker | None = None
+        self._url = ""
         self._closed = False
 
     def counters(self) -> dict[str, Any]:
@@ -199,27 +233,67 @@ class SimulatedBackend(LocalS3Backend):
                 "environments": s.environments, "peak_in_flight": s.peak_in_flight,
                 "busy_s": s.busy_s}
 
+    async def refresh_counters(self) -> None:
+        """Read the simulated Lambda's counters now (`stop` does it too)."""
+        if self._invoker is None or self._invoker.direct is None:
+            return
+        response = await self._invoker.direct.pool.request(
+            "GET", "/_simulator/counters", {"host": self._invoker.direct.pool.host}, b"", 30.0)
+        seen = json.loads(response.body)
+        self.invocations, self.cold_starts = seen.pop("invocations"), seen.pop("cold_starts")
+        seen["timeline"] = [tuple(point) for point in seen["timeline"]]
+        self.stats = SimulatedCounters(**seen)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        from .. import serialize
+        from .lambda_api import raise_open_files_limit
+
         await self.start_s3()
-        self._result = self._encode(None)
+        settings = self.settings
+        connections = max(10, settings.concurrency)
+        raise_open_files_limit(connections)
+        serialize.prepare()  # the model's functions by value where not installed, as tasks
+        config = ServerConfig(self.model, self.FUNCTION, settings.signing_key, settings.timeout,
+                              settings.concurrency)
+        proc = self._server = await asyncio.create_subprocess_exec(
+            self.python, "-m", "dask_lambda.backends.simulated_server",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(base64.b64encode(cloudpickle.dumps(config)) + b"\n")
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            line = b""
+        if not line.startswith(b"PORT "):
+            raise ConfigurationError(
+                "the simulated Lambda endpoint did not start (see its output above); is the "
+                "model picklable? Its duration and result functions go to another process.")
+        self._url = f"http://127.0.0.1:{int(line.split()[1])}"
+        read_timeout = settings.timeout + 60
+        direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
+                               max_connections=connections, read_timeout=read_timeout)
+        self._invoker = FunctionInvoker(
+            self.FUNCTION, "the simulated Lambda", direct=direct, memory=settings.memory,
+            timeout=settings.timeout, read_timeout=read_timeout,
+            fix=lambda option, value: f"LambdaClient(..., {option}={value})",
+            redeploy="start a new client")
 
     async def stop(self) -> None:
+        if not self._closed and self._server is not None and self._server.returncode is None:
+            with contextlib.suppress(Exception):  # counters are a report; never block closing
+                await self.refresh_counters()
         self._closed = True
 
     async def close(self) -> None:
         await self.stop()
+        if self._invoker is not None and self._invoker.direct is not None:
+            await self._invoker.direct.close()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await stop_process(server, grace=5.0)
         await self.close_s3()
-
-    def _encode(self, value: Any) -> tuple[str, int, int]:
-        """A signed inline result for ``value``: (base64 text, encoded bytes, sizeof)."""
-        from dask.sizeof import sizeof
-
-        frames = protocol.dumps_object(value)
-        blob = protocol.encode({"kind": "result", "type": _type_name(value)}, frames,
-                               self.settings.signing_key)
-        return base64.b64encode(blob).decode(), len(blob), int(sizeof(value))
 
     # -- invoke -----------------------------------------------------------------------
 
@@ -229,77 +303,14 @@ class SimulatedBackend(LocalS3Backend):
         return self.model.account_concurrency or self.settings.concurrency
 
     async def invoke(self, event: dict) -> dict:
-        if self._closed:
+        if self._closed or self._invoker is None:
             raise HandlerCrashedError("the simulated backend is closed")
-        stats = self.stats
-        stats.requests += 1
-        half = self._latency() / 2
-        if half > 0:
-            await asyncio.sleep(half)  # the request reaches Lambda
-        now = monotonic()
-        if self._t0 is None:
-            self._t0 = now
-        cold = self._idle == 0
-        refused = ("concurrency" if stats.in_flight >= self.account_concurrency
-                   else "scaling" if cold and not self._may_create(now) else None)
-        if refused is not None:
-            stats.throttles[refused] += 1
-            if half > 0:
-                await asyncio.sleep(half)
-            raise LambdaThrottledError(
-                f"Rate Exceeded. (TooManyRequestsException, simulated: {refused} limit)")
-        number = self._admit(cold, now)
-        run = self.model.duration(event)
-        timeout = self.settings.timeout
-        busy = (self._cold_start() if cold else 0.0) + min(run, timeout)
-        stats.busy_s += busy
-        try:
-            if busy > 0:
-                await asyncio.sleep(busy)
-        finally:
-            stats.in_flight -= 1
-            if run <= timeout:  # Lambda replaces an environment that timed out
-                self._idle += 1
-        if run > timeout:
-            raise LambdaTimeoutError(
-                f"Task timed out after {timeout:.2f} seconds (simulated). Raise the function "
-                f"timeout, e.g. LambdaClient(..., timeout={int(min(900, timeout * 2))}), or "
-                "split the task into smaller ones.")
-        if half > 0:
-            await asyncio.sleep(half)  # the response travels back
-        return self._response(event, run, cold, number)
-
-    def _may_create(self, now: float) -> bool:
-        """Whether the scaling rate allows one more new environment now."""
-        window = self._created
-        while window and window[0] <= now - self.model.scaling_period:
-            window.popleft()
-        return len(window) < self.model.scaling_rate
-
-    def _admit(self, cold: bool, now: float) -> int:
-        """Start an invocation (in a new environment if ``cold``); returns its number."""
-        stats = self.stats
-        if cold:
-            self._created.append(now)
-            stats.environments += 1
+        response = await self._invoker.invoke(event)
+        if (response.get("stats") or {}).get("cold"):
             self.cold_starts += 1
-            stats.timeline.append((now - (self._t0 or now), stats.environments))
-        else:
-            self._idle -= 1
-        self.invocations += 1
-        stats.in_flight += 1
-        if stats.in_flight > stats.peak_in_flight:
-            stats.peak_in_flight = stats.in_flight
-        return self.invocations
-
-    def _response(self, event: dict, run: float, cold: bool, number: int) -> dict:
-        """What the handler returns for a task that ran (see handler/runner.py)."""
-        value = None if self.model.result is None else self.model.result(event)
-        result, nbytes, size = self._result if self.model.result is None else self._encode(value)
-        return {"status": "ok", "result": result, "result_key": None, "nbytes": nbytes,
-                "size": size, "type": _type_name(value), "log": None,
-                "stats": {"duration_s": run, "cold": cold, "request_id": f"sim-{number}"}}
+        return response
 
 
-def _type_name(value: Any) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}"
+async def _local_credentials() -> Credentials:
+    return Credentials(CREDENTIALS["aws_access_key_id"], CREDENTIALS["aws_secret_access_key"])
+

@@ -1,0 +1,238 @@
+"""A simulated Lambda endpoint in a process of its own.
+
+``python -m dask_lambda.backends.simulated_server`` reads one line from stdin (base64 of a
+cloudpickled `ServerConfig`), binds 127.0.0.1 on a free port, prints ``PORT <n>`` once it
+serves, and exits when its stdin closes, so it never outlives the process that started
+it.  It answers the Lambda API's synchronous Invoke
+(``POST /2015-03-31/functions/<name>/invocations``) as Lambda does, with the timing and
+limits of a `~dask_lambda.backends.simulated.LambdaModel`: HTTP 200 with the handler's
+response, 200 with ``X-Amz-Function-Error`` for a timeout, 429
+``TooManyRequestsException`` past the concurrency limit or the scaling rate.  Tasks never
+run: an invocation sleeps for its modelled duration and answers with a signed result.
+``GET /_simulator/counters`` returns what it saw, as JSON.
+
+It is a plain asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies), because
+at 10,000 invocations a second a framework's per-request cost would compete with the
+client it is measuring for this machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import sys
+import threading
+from dataclasses import asdict
+from time import monotonic
+from typing import Any
+
+from dask_lambda_handler import protocol
+
+from .simulated import ServerConfig, SimulatedCounters, sampler
+
+_INVOKE_PREFIX = "/2015-03-31/functions/"
+_INVOKE_SUFFIX = "/invocations"
+
+
+class SimulatedLambda:
+    """Lambda's invoke latency, environments, limits and durations for one function."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.model = model = config.model
+        rng = random.Random(model.seed)
+        self._latency = sampler(model.invoke_latency, rng)
+        self._cold_start = sampler(model.cold_start, rng)
+        self.stats = SimulatedCounters()
+        self.invocations = 0
+        self.cold_starts = 0
+        self._idle = 0  # warm environments not running anything
+        self._created: list[float] = []  # creation times within the scaling window
+        self._window_start = 0  # index of the first creation still inside the window
+        self._t0: float | None = None
+        self._result = self._encode(None)
+        self.account_concurrency = model.account_concurrency or config.concurrency
+
+    def _encode(self, value: Any) -> dict:
+        """The handler's response for a task that returned ``value`` (inline), sans stats."""
+        from dask.sizeof import sizeof
+
+        frames = protocol.dumps_object(value)
+        blob = protocol.encode({"kind": "result", "type": _type_name(value)}, frames,
+                               self.config.signing_key)
+        return {"status": "ok", "result": base64.b64encode(blob).decode(), "result_key": None,
+                "nbytes": len(blob), "size": int(sizeof(value)), "type": _type_name(value),
+                "log": None}
+
+    async def invoke(self, event: dict) -> tuple[int, dict[str, str], bytes]:
+        """One invoke request: (HTTP status, headers, body) as Lambda answers."""
+        stats = self.stats
+        stats.requests += 1
+        half = self._latency() / 2
+        if half > 0:
+            await asyncio.sleep(half)  # the request reaches Lambda
+        now = monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        cold = self._idle == 0
+        refused = ("concurrency" if stats.in_flight >= self.account_concurrency
+                   else "scaling" if cold and not self._may_create(now) else None)
+        if refused is not None:
+            stats.throttles[refused] += 1
+            if half > 0:
+                await asyncio.sleep(half)
+            return 429, {"x-amzn-errortype": "TooManyRequestsException"}, json.dumps({
+                "Type": "User", "Reason": f"simulated {refused} limit",
+                "message": f"Rate Exceeded. (simulated: {refused} limit)"}).encode()
+        number = self._admit(cold, now)
+        run = self.model.duration(event)
+        timeout = self.config.timeout
+        busy = (self._cold_start() if cold else 0.0) + min(run, timeout)
+        stats.busy_s += busy
+        try:
+            if busy > 0:
+                await asyncio.sleep(busy)
+        finally:
+            stats.in_flight -= 1
+            if run <= timeout:  # Lambda replaces an environment that timed out
+                self._idle += 1
+        if half > 0:
+            await asyncio.sleep(half)  # the response travels back
+        request_id = f"sim-{number}"
+        if run > timeout:
+            return 200, {"x-amz-function-error": "Unhandled", "x-amzn-requestid": request_id}, \
+                json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": (
+                    f"{request_id} Task timed out after {timeout:.2f} seconds")}).encode()
+        response = self._result if self.model.result is None else self._encode(
+            self.model.result(event))
+        measured = {"duration_s": run, "cold": cold, "request_id": request_id}
+        return 200, {"x-amzn-requestid": request_id}, json.dumps(
+            {**response, "stats": measured}).encode()
+
+    def _may_create(self, now: float) -> bool:
+        """Whether the scaling rate allows one more new environment now."""
+        created, start = self._created, self._window_start
+        while start < len(created) and created[start] <= now - self.model.scaling_period:
+            start += 1
+        self._window_start = start
+        return len(created) - start < self.model.scaling_rate
+
+    def _admit(self, cold: bool, now: float) -> int:
+        """Start an invocation (in a new environment if ``cold``); returns its number."""
+        stats = self.stats
+        if cold:
+            self._created.append(now)
+            stats.environments += 1
+            self.cold_starts += 1
+            stats.timeline.append((now - (self._t0 or now), stats.environments))
+        else:
+            self._idle -= 1
+        self.invocations += 1
+        stats.in_flight += 1
+        if stats.in_flight > stats.peak_in_flight:
+            stats.peak_in_flight = stats.in_flight
+        return self.invocations
+
+    def counters(self) -> dict:
+        return dict(asdict(self.stats), invocations=self.invocations,
+                    cold_starts=self.cold_starts)
+
+    async def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
+        if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
+            name = path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)]
+            if name != self.config.function:
+                return 404, {"x-amzn-errortype": "ResourceNotFoundException"}, json.dumps({
+                    "Type": "User", "message": f"Function not found: {name}"}).encode()
+            return await self.invoke(json.loads(body))
+        if method == "GET" and path == "/_simulator/counters":
+            return 200, {}, json.dumps(self.counters()).encode()
+        return 404, {}, b'{"message": "not a simulated Lambda API path"}'
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive, one request at a time per connection."""
+
+    def __init__(self, app: SimulatedLambda):
+        self.app = app
+        self.buffer = bytearray()
+        self.busy = False
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # an invocation in flight runs on, as on Lambda
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._next()
+
+    def _next(self) -> None:
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if self.busy or end < 0:
+            return
+        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if len(buffer) < end + 4 + length:
+            return
+        body = bytes(buffer[end + 4:end + 4 + length])
+        del buffer[:end + 4 + length]
+        self.busy = True
+        task = asyncio.ensure_future(self.app.handle(method, path, body))
+        task.add_done_callback(self._respond)
+
+    def _respond(self, task: asyncio.Future) -> None:
+        self.busy = False
+        try:
+            status, headers, body = task.result()
+        except Exception as exc:  # a bug here must show, not hang the client
+            status, headers = 500, {"x-amzn-errortype": "ServiceException"}
+            body = json.dumps({"message": f"simulator failed: {exc!r}"}).encode()
+        if self.transport is None:
+            return
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.transport.write(
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n{head}"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            .encode("latin-1") + body)
+        self._next()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Serve until stdin closes."""
+    import cloudpickle  # noqa: F401  (loaded the config; the model's functions need it)
+
+    loop = asyncio.get_running_loop()
+    app = SimulatedLambda(config)
+    server = await loop.create_server(lambda: _HttpProtocol(app), "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    closed = loop.create_future()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(
+        closed.set_result, None)), daemon=True).start()
+    print(f"PORT {port}", flush=True)
+    await closed
+    server.close()
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def main() -> None:
+    import cloudpickle
+
+    config = cloudpickle.loads(base64.b64decode(sys.stdin.readline()))
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()
