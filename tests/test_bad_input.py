@@ -128,6 +128,7 @@ def test_worker_saturation_is_the_gateways_own_setting(s3_endpoint):
     with LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint,
                       dashboard_address=None) as client:
         assert client.cluster.scheduler.WORKER_SATURATION == 2.0
+        assert "stealing" not in client.cluster.scheduler.extensions  # one worker: no use
     with dask.config.set({"lambda.worker-saturation": None,
                           "distributed.scheduler.worker-saturation": 1.5}), \
             LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint,
