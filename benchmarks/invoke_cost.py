@@ -1,0 +1,142 @@
+"""Client CPU per Lambda invoke: dask-lambda's own invoke client against aiobotocore's.
+
+What it measures
+----------------
+The same synchronous invokes (``RequestResponse``, log tail, a typical job event of
+about 1 KB with the job inline) sent to the simulated Lambda endpoint
+(:mod:`dask_lambda.backends.simulated_server`, a process of its own, answering at once)
+through :class:`dask_lambda.backends.invoke.FunctionInvoker`, the path both the aws and
+the simulated backends take, with two clients:
+
+``direct``
+    :mod:`dask_lambda.backends.lambda_api`: SigV4 signed here, pooled HTTP/1.1
+    connections (the aws backend's default);
+``sdk``
+    an aiobotocore Lambda client configured as the aws backend configures it
+    (``lambda.aws.invoker: sdk``, or where a proxy applies).
+
+Both run in this one process, alternating, ``--repeat`` times; each repetition sends
+``--invokes`` invokes with ``--concurrency`` in flight after a warm-up. It prints the
+medians of this process's CPU time per invoke (``time.process_time()``) and of the wall
+time, and their ratio. The endpoint is plain HTTP on 127.0.0.1: TLS to real AWS adds
+the same encryption cost to both clients, and a handshake per new connection.
+
+How to run
+----------
+From the repository root::
+
+    python benchmarks/invoke_cost.py                  # 5 x 5,000 invokes each (~1 minute)
+    python benchmarks/invoke_cost.py --quick          # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import statistics
+import sys
+import time
+
+import _env  # benchmarks/_env.py (scripts run from this folder)
+
+from dask_lambda.backends.base import FunctionSettings
+from dask_lambda.backends.invoke import FunctionInvoker
+from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend
+
+EVENT = {"op": "run", "bucket": "bench", "job_key": "run/jobs/abc/0123456789abcdef-0-a0.job",
+         "inline_max": 262144, "job": base64.b64encode(os.urandom(760)).decode(),
+         "result_key": "run/results/abc/0123456789abcdef-0-a0.out"}
+
+
+async def _sdk_invoker(backend: SimulatedBackend, concurrency: int, stack: object) -> FunctionInvoker:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    client = await stack.enter_async_context(get_session().create_client(  # type: ignore[attr-defined]
+        "lambda", region_name="us-east-1", endpoint_url=backend._url,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=AioConfig(read_timeout=360, connect_timeout=10, retries={"total_max_attempts": 1},
+                         max_pool_connections=concurrency)))
+    direct = backend._invoker
+    return FunctionInvoker(backend.FUNCTION, "the simulated Lambda", sdk=client,
+                           memory=direct.memory, timeout=direct.timeout,
+                           read_timeout=direct.read_timeout, fix=direct.fix,
+                           redeploy=direct.redeploy)
+
+
+async def _burst(invoker: FunctionInvoker, n: int, concurrency: int) -> tuple[float, float]:
+    """Send ``n`` invokes, ``concurrency`` at a time; (CPU s, wall s)."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            response = await invoker.invoke(EVENT)
+            assert response["status"] == "ok", response
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    import contextlib
+
+    model = LambdaModel(invoke_latency=0.0, cold_start=0.0)
+    backend = SimulatedBackend(model, s3_endpoint="http://unused")  # no S3 needed here
+    backend.configure(FunctionSettings(concurrency=args.concurrency, memory=1024, timeout=300,
+                                       signing_key=os.urandom(32)))
+    await backend.start()
+    samples: dict[str, list[tuple[float, float]]] = {"direct": [], "sdk": []}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            invokers = {"direct": backend._invoker,
+                        "sdk": await _sdk_invoker(backend, args.concurrency, stack)}
+            for invoker in invokers.values():  # warm-up: connections, imports
+                await _burst(invoker, min(args.invokes, 500), args.concurrency)
+            for _ in range(args.repeat):
+                for name, invoker in invokers.items():
+                    samples[name].append(await _burst(invoker, args.invokes, args.concurrency))
+    finally:
+        await backend.close()
+    return samples
+
+
+def format_table(samples: dict[str, list[tuple[float, float]]], n: int) -> str:
+    medians = {name: (1000 * statistics.median(c for c, _ in runs) / n,
+                      1000 * statistics.median(w for _, w in runs) / n)
+               for name, runs in samples.items()}
+    ref_cpu, ref_wall = medians["direct"]
+    header = f"{'invoker':<10} {'CPU ms/invoke':>14} {'wall ms/invoke':>15} {'CPU vs direct':>14}"
+    lines = [header, "-" * len(header)]
+    for name, (cpu, wall) in medians.items():
+        lines.append(f"{name:<10} {cpu:>14.3f} {wall:>15.3f} {cpu / ref_cpu:>13.1f}x")
+    lines.append(f"(medians of {len(samples['direct'])} repetitions of {n} invokes; CPU: this "
+                 "process, client only)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--invokes", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 200 invokes, once")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.invokes, args.repeat, args.concurrency = 200, 1, 20
+    env = _env.environment()
+    print(_env.banner("invoke cost", env, f"{args.invokes} invokes, concurrency "
+                      f"{args.concurrency}, {args.repeat} repetitions"), flush=True)
+    samples = asyncio.run(run(args))
+    print(format_table(samples, args.invokes))
+    if args.json:
+        _env.write_json(args.json, {"environment": env, "arguments": vars(args),
+                                    "samples": samples})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
