@@ -16,10 +16,12 @@ the same number of parallel slots (``--concurrency``, default 2):
     execution environments (local processes standing in for Lambda, plus a
     moto S3 server).
 ``lambda-sim``
-    ``dask_lambda.LambdaClient(backend=SimulatedBackend(...))`` with zero invoke
-    latency and cold start: the simulated Lambda runs no task code and answers
-    every invocation at once, so what is left is the client process's own work
-    (scheduler, gateway, job pickling and signing, result decoding).
+    ``dask_lambda.LambdaClient(backend=SimulatedBackend(..., tls=True))`` with zero
+    invoke latency and cold start: the simulated Lambda (a process serving the Invoke
+    API over HTTPS, reached through the aws backend's invoke path) runs no task code and
+    answers every invocation at once, so what is left is the client process's own work
+    against AWS (scheduler, gateway, job pickling and signing, the signed HTTPS invoke,
+    result decoding).
 
 Two workloads of trivial tasks (``inc``), so that what is timed is overhead:
 
@@ -126,7 +128,7 @@ def _lambda_client(concurrency: int) -> Iterator[Client]:
 
 @contextlib.contextmanager
 def _simulated_client(concurrency: int) -> Iterator[Client]:
-    backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0))
+    backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0), tls=True)
     with LambdaClient("s3://dask-lambda-bench/overhead", backend=backend,
                       concurrency=concurrency, dashboard_address=None,
                       set_as_default=False, batching=False) as client:

@@ -10,8 +10,11 @@ a cold start in each new execution environment (``--cold-start``, uniform,
 default 250-350 ms), then sleeps for the task's duration, and answers with a
 real signed result.  Lambda's account concurrency (C) and scaling rate (1,000 new
 environments per 10 s) apply, with 429 answers that the client backs off from.
-So everything the *client process* does per task (scheduler, gateway worker,
-job pickling and signing, invoke, result decoding) is real, at Lambda's scale.
+The simulated Lambda is a process of its own serving the Invoke API over HTTPS
+(``--no-tls``: HTTP), and the client reaches it through the aws backend's invoke
+path.  So everything the *client process* does per task (scheduler, gateway worker,
+job pickling and signing, the signed HTTPS invoke with a TLS handshake per new
+connection, result decoding) is real, at Lambda's scale.
 
 Scenarios (each in a fresh Python subprocess, so peak memory is that run's):
 
@@ -37,6 +40,7 @@ From the repository root::
     python benchmarks/scale.py --scenarios 10k  # only 10,000 x 1 s
     python benchmarks/scale.py --quick          # smoke test: small sizes (~20 s)
     python benchmarks/scale.py --saturation 1.1 # distributed's default instead of the gateway's 2
+    python benchmarks/scale.py --no-tls         # plain HTTP to the simulated Lambda
     python benchmarks/scale.py --json results.json
 """
 
@@ -156,7 +160,7 @@ def run_one(name: str, args: argparse.Namespace) -> Figures:
         dask.config.set({"lambda.worker-saturation": args.saturation})
     model = LambdaModel(invoke_latency=tuple(args.latency), cold_start=tuple(args.cold_start),
                         duration=constant(duration))
-    backend = SimulatedBackend(model)
+    backend = SimulatedBackend(model, tls=args.tls)
     start = time.perf_counter()
     with LambdaClient("s3://dask-lambda-bench/scale", backend=backend, concurrency=concurrency,
                       dashboard_address=None) as client:
@@ -193,6 +197,7 @@ def spawn(name: str, args: argparse.Namespace) -> Figures:
         cmd += ["--quick"] if args.quick else []
         cmd += ["--profile", args.profile] if args.profile else []
         cmd += ["--saturation", repr(args.saturation)] if args.saturation is not None else []
+        cmd += [] if args.tls else ["--no-tls"]
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
             raise SystemExit(f"scenario {name} failed (exit code {proc.returncode})")
@@ -249,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--saturation", type=float, default=None, metavar="X",
                         help="lambda.worker-saturation: tasks the scheduler gives the gateway per "
                              "slot (default: dask-lambda's, 2.0; distributed's own is 1.1)")
+    parser.add_argument("--no-tls", dest="tls", action="store_false",
+                        help="plain HTTP to the simulated Lambda (default: HTTPS, as to AWS)")
     parser.add_argument("--profile", metavar="PATH",
                         help="write a cProfile of the event loop to PATH.<scenario>")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print(banner("scale (simulated Lambda)", env,
                  f"invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g} ms, cold "
                  f"start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
-                 "worker-saturation "
+                 f"{'HTTPS' if args.tls else 'HTTP'}, worker-saturation "
                  f"{args.saturation if args.saturation is not None else 'default'}"), flush=True)
     runs = []
     for name in args.scenarios:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import gc
+import ssl
 
 import pytest
 from dask_lambda_handler import protocol
@@ -138,6 +139,9 @@ def test_simulated_run_keeps_lambdas_rules(s3_endpoint, model):
             assert result.startswith(protocol.task_token(future.key) + "-")
     counters = backend.counters()
     assert counters["invocations"] == 2000 == stats["tasks"] and stats["errors"] == 0
+    # what the client saw is what the simulated Lambda counted
+    assert (backend.stats.invocations, backend.stats.cold_starts) == (2000,
+                                                                       counters["cold_starts"])
     assert counters["peak_in_flight"] <= 200
     assert counters["cold_starts"] == counters["environments"] == stats["cold_starts"] <= 200
     created = [t for t, _ in backend.stats.timeline]
@@ -185,3 +189,16 @@ def test_a_backend_instance_gets_the_clients_settings_once(s3_endpoint):
 def test_a_backend_class_instead_of_an_instance_shows_the_call():
     with pytest.raises(ConfigurationError, match=r"backend=SimulatedBackend\(\)"):
         LambdaClient("s3://t-simulated/run", backend=SimulatedBackend)
+
+
+def test_the_simulated_lambda_serves_https_with_a_certificate_the_client_checks(s3_endpoint):
+    backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0),
+                               s3_endpoint=s3_endpoint, tls=True)
+    with LambdaClient("s3://t-simulated/run", backend=backend, concurrency=4,
+                      dashboard_address=None, set_as_default=False) as client:
+        assert backend._url.startswith("https://127.0.0.1:")
+        pool = backend._invoker.direct.pool
+        assert pool.tls and pool.ssl_context.verify_mode == ssl.CERT_REQUIRED
+        assert client.gather(client.map(str, range(20), pure=False)) == [None] * 20
+    assert backend.counters()["invocations"] == 20
+    assert backend._directory is None  # the certificate and key are gone with the client

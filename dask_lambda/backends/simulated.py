@@ -47,6 +47,9 @@ import base64
 import contextlib
 import json
 import random
+import shutil
+import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +156,9 @@ class SimulatedCounters:
     timeline
         ``(seconds since the first request, environments created so far)`` at each
         creation, for checking the ramp-up.
+    invocations, cold_starts
+        Invocations that ran (not refused) and those that started a new environment, as
+        the simulated Lambda counted them (the backend counts them too, as it sees them).
     """
 
     requests: int = 0
@@ -162,6 +168,8 @@ class SimulatedCounters:
     peak_in_flight: int = 0
     busy_s: float = 0.0
     timeline: list[tuple[float, int]] = field(default_factory=list)
+    invocations: int = 0
+    cold_starts: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,8 @@ class ServerConfig:
         The function timeout, seconds.
     concurrency
         The account concurrency when ``model.account_concurrency`` is ``None``.
+    tls
+        ``(certificate file, key file)`` to serve HTTPS with, as Lambda does; ``None``: HTTP.
     """
 
     model: LambdaModel
@@ -187,6 +197,7 @@ class ServerConfig:
     signing_key: bytes
     timeout: float
     concurrency: int
+    tls: tuple[str, str] | None = None
 
 
 class SimulatedBackend(LocalS3Backend):
@@ -200,6 +211,10 @@ class SimulatedBackend(LocalS3Backend):
         The function's settings; ``None`` (usual): the cluster gives them.
     s3_endpoint
         Use this S3 endpoint instead of starting a private moto server.
+    tls
+        Serve the Invoke API over HTTPS (a self-signed RSA-2048 certificate made at start, as
+        AWS's endpoints use RSA-2048), so the client also pays for TLS: a handshake per new
+        connection, and encryption.
 
     Notes
     -----
@@ -212,9 +227,11 @@ class SimulatedBackend(LocalS3Backend):
     FUNCTION = "simulated"
 
     def __init__(self, model: LambdaModel | None = None, settings: FunctionSettings | None = None,
-                 *, s3_endpoint: str | None = None):
+                 *, s3_endpoint: str | None = None, tls: bool = False):
         super().__init__(settings, s3_endpoint=s3_endpoint)
         self.model = model = model or LambdaModel()
+        self.tls = tls
+        self._directory: str | None = None
         self.scaling_rate, self.scaling_period = model.scaling_rate, model.scaling_period
         #: What the simulated Lambda saw, as of the last `refresh_counters`.
         self.stats = SimulatedCounters()
@@ -240,7 +257,6 @@ class SimulatedBackend(LocalS3Backend):
         response = await self._invoker.direct.pool.request(
             "GET", "/_simulator/counters", {"host": self._invoker.direct.pool.host}, b"", 30.0)
         seen = json.loads(response.body)
-        self.invocations, self.cold_starts = seen.pop("invocations"), seen.pop("cold_starts")
         seen["timeline"] = [tuple(point) for point in seen["timeline"]]
         self.stats = SimulatedCounters(**seen)
 
@@ -255,8 +271,14 @@ class SimulatedBackend(LocalS3Backend):
         connections = max(10, settings.concurrency)
         raise_open_files_limit(connections)
         serialize.prepare()  # the model's functions by value where not installed, as tasks
+        context = None
+        tls = None
+        if self.tls:
+            self._directory = tempfile.mkdtemp(prefix="dask-lambda-simulated-")
+            tls = _self_signed(self._directory)
+            context = ssl.create_default_context(cafile=tls[0])
         config = ServerConfig(self.model, self.FUNCTION, settings.signing_key, settings.timeout,
-                              settings.concurrency)
+                              settings.concurrency, tls)
         proc = self._server = await asyncio.create_subprocess_exec(
             self.python, "-m", "dask_lambda.backends.simulated_server",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -270,15 +292,20 @@ class SimulatedBackend(LocalS3Backend):
             raise ConfigurationError(
                 "the simulated Lambda endpoint did not start (see its output above); is the "
                 "model picklable? Its duration and result functions go to another process.")
-        self._url = f"http://127.0.0.1:{int(line.split()[1])}"
+        scheme = "https" if self.tls else "http"
+        self._url = f"{scheme}://127.0.0.1:{int(line.split()[1])}"
         read_timeout = settings.timeout + 60
         direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
-                               max_connections=connections, read_timeout=read_timeout)
+                               max_connections=connections, read_timeout=read_timeout,
+                               ssl_context=context)
         self._invoker = FunctionInvoker(
             self.FUNCTION, "the simulated Lambda", direct=direct, memory=settings.memory,
             timeout=settings.timeout, read_timeout=read_timeout,
             fix=lambda option, value: f"LambdaClient(..., {option}={value})",
-            redeploy="start a new client")
+            redeploy="start a new client", on_sent=self._count_invocation)
+
+    def _count_invocation(self) -> None:
+        self.invocations += 1
 
     async def stop(self) -> None:
         if not self._closed and self._server is not None and self._server.returncode is None:
@@ -293,6 +320,9 @@ class SimulatedBackend(LocalS3Backend):
         if self._server is not None:
             server, self._server = self._server, None
             await stop_process(server, grace=5.0)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
         await self.close_s3()
 
     # -- invoke -----------------------------------------------------------------------
@@ -309,6 +339,38 @@ class SimulatedBackend(LocalS3Backend):
         if (response.get("stats") or {}).get("cold"):
             self.cold_starts += 1
         return response
+
+
+def _self_signed(directory: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its RSA-2048 key, as PEM files in ``directory``."""
+    import datetime
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "simulated-lambda")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 async def _local_credentials() -> Credentials:

@@ -11,6 +11,8 @@ response, 200 with ``X-Amz-Function-Error`` for a timeout, 429
 run: an invocation sleeps for its modelled duration and answers with a signed result.
 ``GET /_simulator/counters`` returns what it saw, as JSON.
 
+With ``ServerConfig.tls`` it serves HTTPS, as Lambda does, so that clients pay for TLS too.
+
 It is a plain asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies), because
 at 10,000 invocations a second a framework's per-request cost would compete with the
 client it is measuring for this machine's cores.
@@ -46,8 +48,6 @@ class SimulatedLambda:
         self._latency = sampler(model.invoke_latency, rng)
         self._cold_start = sampler(model.cold_start, rng)
         self.stats = SimulatedCounters()
-        self.invocations = 0
-        self.cold_starts = 0
         self._idle = 0  # warm environments not running anything
         self._created: list[float] = []  # creation times within the scaling window
         self._window_start = 0  # index of the first creation still inside the window
@@ -125,19 +125,18 @@ class SimulatedLambda:
         if cold:
             self._created.append(now)
             stats.environments += 1
-            self.cold_starts += 1
+            stats.cold_starts += 1
             stats.timeline.append((now - (self._t0 or now), stats.environments))
         else:
             self._idle -= 1
-        self.invocations += 1
+        stats.invocations += 1
         stats.in_flight += 1
         if stats.in_flight > stats.peak_in_flight:
             stats.peak_in_flight = stats.in_flight
-        return self.invocations
+        return stats.invocations
 
     def counters(self) -> dict:
-        return dict(asdict(self.stats), invocations=self.invocations,
-                    cold_starts=self.cold_starts)
+        return asdict(self.stats)
 
     async def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
         if method == "POST" and path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
@@ -213,7 +212,14 @@ async def serve(config: ServerConfig) -> None:
 
     loop = asyncio.get_running_loop()
     app = SimulatedLambda(config)
-    server = await loop.create_server(lambda: _HttpProtocol(app), "127.0.0.1", 0, backlog=4096)
+    context = None
+    if config.tls is not None:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*config.tls)
+    server = await loop.create_server(lambda: _HttpProtocol(app), "127.0.0.1", 0, backlog=4096,
+                                      ssl=context)
     port = server.sockets[0].getsockname()[1]
     closed = loop.create_future()
     threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(
