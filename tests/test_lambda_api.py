@@ -301,3 +301,35 @@ def test_the_open_files_limit_is_raised_for_the_concurrency_or_names_the_fix():
             "per invocation in flight) and this process may open at most 512: raise the limit "
             "before starting Python (`ulimit -n 1256`), or lower the concurrency, e.g. "
             "LambdaClient(..., concurrency=256)") in refused.stderr
+
+
+def test_a_tls_connection_holds_little_memory():
+    """1,000 invocations in flight hold 1,000 TLS connections: asyncio's own 256 KiB read
+    buffer per connection would be 256 MB of the client's memory (about 300 KB a connection
+    in all); ours is 16 KiB (about 70 KB a connection with OpenSSL's state)."""
+    import os
+
+    import psutil
+
+    from dask_lambda.backends.base import FunctionSettings
+    from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend, constant
+
+    async def go() -> tuple[int, float]:
+        backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0,
+                                               duration=constant(0.5)),
+                                   s3_endpoint="http://unused", tls=True)
+        backend.configure(FunctionSettings(concurrency=300, memory=1024, timeout=60,
+                                           signing_key=os.urandom(32)))
+        await backend.start()
+        try:
+            await backend.invoke({"op": "run"})  # imports, the first connection
+            before = psutil.Process().memory_info().rss
+            await asyncio.gather(*(backend.invoke({"op": "run"}) for _ in range(300)))
+            grown = psutil.Process().memory_info().rss - before
+            return backend._invoker.direct.pool.opened, grown / 300
+        finally:
+            await backend.close()
+
+    opened, per_connection = asyncio.run(go())
+    assert opened >= 300  # 300 in flight at once: each on its own connection
+    assert per_connection < 150 * 1024, f"{per_connection / 1024:.0f} KB per TLS connection"

@@ -196,9 +196,13 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                self.hostname, self.port, ssl=self.ssl_context, limit=_HEAD_LIMIT,
-                server_hostname=self.hostname if self.tls else None), self.connect_timeout)
+            if self.ssl_context is not None and _SmallBufferTLS is not None:
+                opened = _open_tls(self.hostname, self.port, self.ssl_context)
+            else:
+                opened = asyncio.open_connection(
+                    self.hostname, self.port, ssl=self.ssl_context, limit=_HEAD_LIMIT,
+                    server_hostname=self.hostname if self.tls else None)
+            reader, writer = await asyncio.wait_for(opened, self.connect_timeout)
         except ssl.SSLCertVerificationError:
             raise
         except (OSError, asyncio.TimeoutError) as exc:
@@ -259,6 +263,47 @@ class HttpPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _small_buffer_tls() -> type | None:
+    """asyncio's TLS protocol with a 16 KiB read buffer instead of 256 KiB (Python >= 3.11).
+
+    A synchronous invoke holds its connection while the function runs, so a client with
+    1,000 functions in flight holds 1,000 TLS connections; asyncio gives each a 256 KiB
+    read buffer (``SSLProtocol.max_size``, allocated and zeroed up front): 256 MB of this
+    process's memory (benchmarks/README.md, scale.py) for answers of a few KB. TLS records
+    are at most 16 KiB, so a larger buffer only saves read calls on large answers.
+    """
+    from asyncio import sslproto
+
+    if not isinstance(getattr(sslproto.SSLProtocol, "max_size", None), int):
+        return None  # Python 3.10's implementation: keep asyncio's own path
+
+    class SmallBufferTLS(sslproto.SSLProtocol):
+        max_size = 16 * 1024
+
+    return SmallBufferTLS
+
+
+_SmallBufferTLS = _small_buffer_tls()
+
+
+async def _open_tls(host: str, port: int, context: ssl.SSLContext
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection` with TLS, on `_SmallBufferTLS` (as asyncio builds it)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_HEAD_LIMIT, loop=loop)
+    stream = asyncio.StreamReaderProtocol(reader, loop=loop)
+    handshake = loop.create_future()
+    tls = _SmallBufferTLS(loop, stream, context, handshake, server_side=False,
+                          server_hostname=host)
+    transport, _ = await loop.create_connection(lambda: tls, host, port)
+    try:
+        await handshake
+    except BaseException:
+        transport.close()
+        raise
+    return reader, asyncio.StreamWriter(tls._app_transport, stream, reader, loop)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
