@@ -23,6 +23,11 @@ Scenarios (each in a fresh Python subprocess, so peak memory is that run's):
 ``100k x 0.1 s``
     100,000 tasks of 0.1 s at concurrency 1,000.
 
+``--floor`` runs the same maps on distributed alone: the gateway's scheduler settings
+and one worker with C slots whose executor only waits as long as the simulated Lambda
+would (round trip, a cold start per new slot, the duration), with no job, invoke or
+result: what is left of the gap to the ideal is distributed's own cost on this machine.
+
 For each it reports the makespan (from ``client.map`` until every task is done),
 the ideal makespan ``N / C x duration + one cold start`` (the mean of the
 cold-start range) and their ratio (target: within 1.1x for 10k x 1 s); the
@@ -41,14 +46,17 @@ From the repository root::
     python benchmarks/scale.py --quick          # smoke test: small sizes (~20 s)
     python benchmarks/scale.py --saturation 1.1 # distributed's default instead of the gateway's 2
     python benchmarks/scale.py --no-tls         # plain HTTP to the simulated Lambda
+    python benchmarks/scale.py --floor          # distributed alone, the same timing
     python benchmarks/scale.py --json results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -146,13 +154,35 @@ def _loop_profile(client: Any, path: str | None) -> Any:
     return stop
 
 
-def run_one(name: str, args: argparse.Namespace) -> Figures:
-    """One scenario in this process (the child)."""
+def _run_map(client: Any, tasks: int, profile: str | None) -> dict[str, Any]:
+    """``client.map(noop, range(tasks))`` until all are done: makespan, CPU, GC, submit time."""
     from distributed import wait
 
+    stop_profile = _loop_profile(client, profile)
+    collector = GCTimer()
+    gc.callbacks.append(collector)
+    cpu, wall = time.process_time(), time.perf_counter()
+    futures = client.map(noop, range(tasks), pure=False)
+    submitted = time.perf_counter() - wall
+    wait(futures)
+    makespan, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    gc.callbacks.remove(collector)
+    stop_profile()
+    failed = [f for f in futures if f.status != "finished"]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {tasks} tasks did not finish: "
+                         f"{failed[0].exception()!r}")
+    return {"makespan_s": makespan, "cpu_s": cpu, "submit_s": submitted,
+            "gc_s": collector.seconds, "gc_full": collector.full}
+
+
+def run_one(name: str, args: argparse.Namespace) -> Figures:
+    """One scenario in this process (the child)."""
     from dask_lambda import LambdaClient
     from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend, constant
 
+    if args.floor:
+        return run_floor(name, args)
     tasks, duration, concurrency = (QUICK if args.quick else SCENARIOS)[name]
     if args.saturation is not None:
         import dask
@@ -166,26 +196,81 @@ def run_one(name: str, args: argparse.Namespace) -> Figures:
                       dashboard_address=None) as client:
         startup = time.perf_counter() - start
         rss_before = _peak_mb()
-        stop_profile = _loop_profile(client, args.profile and f"{args.profile}.{name}")
-        collector = GCTimer()
-        gc.callbacks.append(collector)
-        cpu, wall = time.process_time(), time.perf_counter()
-        futures = client.map(noop, range(tasks), pure=False)
-        submitted = time.perf_counter() - wall
-        wait(futures)
-        makespan, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        gc.callbacks.remove(collector)
-        stop_profile()
-        failed = [f for f in futures if f.status != "finished"]
-        if failed:
-            raise SystemExit(f"{len(failed)} of {tasks} tasks did not finish: "
-                             f"{failed[0].exception()!r}")
+        measured = _run_map(client, tasks, args.profile and f"{args.profile}.{name}")
         stats = client.lambda_stats()
-        del futures
     cold = sum(args.cold_start) / 2
-    return Figures(name, tasks, duration, concurrency, makespan,
-                   tasks / concurrency * duration + cold, submitted, cpu, startup, _peak_mb(),
-                   rss_before, collector.seconds, collector.full, stats, backend.counters())
+    return Figures(name, tasks, duration, concurrency, ideal_s=tasks / concurrency * duration
+                   + cold, startup_s=startup, peak_rss_mb=_peak_mb(), rss_before_mb=rss_before,
+                   lambda_stats=stats, simulator=backend.counters(), **measured)
+
+
+class Sleeper:
+    """A worker executor that runs nothing: each task waits as long as on the simulated
+    Lambda (invoke round trip, a cold start per new slot, the duration); for `run_floor`."""
+
+    def __init__(self, latency: tuple[float, float], cold_start: tuple[float, float],
+                 duration: float):
+        import random
+
+        from dask_lambda.executor import _AsyncExecutor
+
+        rng = random.Random(0)
+        counters = {"invocations": 0, "cold_starts": 0, "throttles": 0, "peak_in_flight": 0,
+                    "busy_s": 0.0}
+        self.counters = counters
+        warm = [0]
+        in_flight = [0]
+
+        class _Sleeper(_AsyncExecutor):
+            async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
+                start = time.time()
+                cold = warm[0] == 0
+                busy = (rng.uniform(*cold_start) if cold else 0.0) + duration
+                warm[0] -= not cold
+                in_flight[0] += 1
+                counters["invocations"] += 1
+                counters["cold_starts"] += cold
+                counters["busy_s"] += busy
+                counters["peak_in_flight"] = max(counters["peak_in_flight"], in_flight[0])
+                await asyncio.sleep(rng.uniform(*latency) + busy)
+                in_flight[0] -= 1
+                warm[0] += 1
+                return {"op": "task-finished", "status": "OK", "result": None, "nbytes": 16,
+                        "type": None, "start": start + delay, "stop": time.time() + delay,
+                        "thread": threading.get_ident()}
+
+        self.executor = _Sleeper()
+
+
+def run_floor(name: str, args: argparse.Namespace) -> Figures:
+    """The same map on distributed alone: dask-lambda's scheduler settings and one worker with
+    ``concurrency`` slots whose executor only waits (`Sleeper`): no job, no invoke, no
+    result. What is left of the gap to the ideal is distributed's own cost on this machine."""
+    from distributed import Client, Worker
+    from distributed.deploy.spec import SpecCluster
+
+    from dask_lambda import gc_tuning
+    from dask_lambda.cluster import GatewayScheduler
+
+    tasks, duration, concurrency = (QUICK if args.quick else SCENARIOS)[name]
+    sleeper = Sleeper(tuple(args.latency), tuple(args.cold_start), duration)
+    saturation = 2.0 if args.saturation is None else args.saturation
+    start = time.perf_counter()
+    with gc_tuning.collect_less_often(), SpecCluster(
+            scheduler={"cls": GatewayScheduler, "options": {
+                "protocol": "inproc://", "dashboard": False, "worker_saturation": saturation}},
+            workers={"floor": {"cls": Worker, "options": {
+                "nthreads": concurrency, "executor": {"default": sleeper.executor},
+                "memory_limit": 0}}}, silence_logs=logging.WARNING) as cluster, \
+            Client(cluster) as client:
+        startup = time.perf_counter() - start
+        rss_before = _peak_mb()
+        measured = _run_map(client, tasks, args.profile and f"{args.profile}.{name}")
+    cold = sum(args.cold_start) / 2
+    return Figures(name, tasks, duration, concurrency, ideal_s=tasks / concurrency * duration
+                   + cold, startup_s=startup, peak_rss_mb=_peak_mb(), rss_before_mb=rss_before,
+                   lambda_stats={"retries": 0, "errors": 0}, simulator=sleeper.counters,
+                   **measured)
 
 
 def spawn(name: str, args: argparse.Namespace) -> Figures:
@@ -198,6 +283,7 @@ def spawn(name: str, args: argparse.Namespace) -> Figures:
         cmd += ["--profile", args.profile] if args.profile else []
         cmd += ["--saturation", repr(args.saturation)] if args.saturation is not None else []
         cmd += [] if args.tls else ["--no-tls"]
+        cmd += ["--floor"] if args.floor else []
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
             raise SystemExit(f"scenario {name} failed (exit code {proc.returncode})")
@@ -223,7 +309,7 @@ def format_table(runs: list[Figures], quick: bool = False) -> str:
             f"{sim['peak_in_flight']:>14} {r.utilisation:>5.0%}")
     lines += ["", "makespan: client.map until all done; ideal: tasks / concurrency x duration "
               "+ one cold start;",
-              "CPU: the client process (client, scheduler, gateway, simulator), GC: of it, in the "
+              "CPU: the client process (client, scheduler, gateway), GC: of it, in the "
               "garbage collector; busy: environments' busy time / (concurrency x makespan)."]
     for r in runs:
         lines.append(f"{_label(r)}: start-up {r.startup_s:.1f} s, client.map {r.submit_s:.2f} s, "
@@ -256,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "slot (default: dask-lambda's, 2.0; distributed's own is 1.1)")
     parser.add_argument("--no-tls", dest="tls", action="store_false",
                         help="plain HTTP to the simulated Lambda (default: HTTPS, as to AWS)")
+    parser.add_argument("--floor", action="store_true",
+                        help="the same maps on distributed alone: one worker whose executor "
+                             "only waits as long as Lambda would (no dask-lambda in the path)")
     parser.add_argument("--profile", metavar="PATH",
                         help="write a cProfile of the event loop to PATH.<scenario>")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
@@ -280,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     from _env import banner, environment
 
     env = environment()
-    print(banner("scale (simulated Lambda)", env,
+    what = "floor: distributed alone, no dask-lambda" if args.floor else "simulated Lambda"
+    print(banner(f"scale ({what})", env,
                  f"invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g} ms, cold "
                  f"start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
                  f"{'HTTPS' if args.tls else 'HTTP'}, worker-saturation "
