@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     print(banner(f"scale ({what})", env,
                  f"invoke latency {args.latency[0] * 1e3:g}-{args.latency[1] * 1e3:g} ms, cold "
                  f"start {args.cold_start[0] * 1e3:g}-{args.cold_start[1] * 1e3:g} ms, "
-                 f"{'HTTPS' if args.tls else 'HTTP'}, worker-saturation "
+                 f"{'' if args.floor else ('HTTPS, ' if args.tls else 'HTTP, ')}worker-saturation "
                  f"{args.saturation if args.saturation is not None else 'default'}"), flush=True)
     runs = []
     for name in args.scenarios:
