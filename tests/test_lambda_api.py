@@ -24,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from dask_lambda.backends.aws import _proxied
+from dask_lambda.backends.base import FunctionSettings
 from dask_lambda.backends.invoke import FunctionInvoker
 from dask_lambda.backends.lambda_api import (
     ConnectionLost,
@@ -333,3 +334,60 @@ def test_a_tls_connection_holds_little_memory():
     opened, per_connection = asyncio.run(go())
     assert opened >= 300  # 300 in flight at once: each on its own connection
     assert per_connection < 150 * 1024, f"{per_connection / 1024:.0f} KB per TLS connection"
+
+
+def _aws_environment(monkeypatch, endpoint: str | None = None) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                        "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE", "HTTPS_PROXY",
+                 "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+
+
+def test_an_unknown_invoker_setting_shows_the_choices(monkeypatch):
+    import dask
+
+    from dask_lambda import LambdaClient
+    from dask_lambda.errors import ConfigurationError
+
+    _aws_environment(monkeypatch)
+    with dask.config.set({"lambda.aws.signing-key": "ab" * 32, "lambda.aws.invoker": "fast"}), \
+            pytest.raises(ConfigurationError) as info:
+        LambdaClient("s3://some-bucket", backend="aws", dashboard_address=None)
+    assert str(info.value) == ("invoker must be one of 'auto', 'direct', 'sdk', not 'fast': e.g. "
+                               "dask.config.set({'lambda.aws.invoker': 'auto'})")
+
+
+def test_a_certificate_this_machine_does_not_trust_names_aws_ca_bundle(monkeypatch):
+    """As behind a proxy that re-signs HTTPS: the endpoint's certificate is not trusted."""
+    import dask
+
+    from dask_lambda import LambdaClient
+    from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend
+    from dask_lambda.errors import ConfigurationError
+
+    async def endpoint_up() -> SimulatedBackend:
+        backend = SimulatedBackend(LambdaModel(), s3_endpoint="http://unused", tls=True)
+        backend.configure(FunctionSettings(concurrency=2, memory=1024, timeout=60,
+                                           signing_key=b"k" * 32))
+        await backend.start()
+        return backend
+
+    loop = asyncio.new_event_loop()
+    backend = loop.run_until_complete(endpoint_up())  # an HTTPS server, self-signed
+    try:
+        _aws_environment(monkeypatch, backend._url)
+        with dask.config.set({"lambda.aws.signing-key": "ab" * 32}), \
+                pytest.raises(ConfigurationError) as info:
+            LambdaClient("s3://some-bucket", backend="aws", dashboard_address=None)
+    finally:
+        loop.run_until_complete(backend.close())
+        loop.close()
+    message = str(info.value)
+    assert message.startswith("TLS to AWS Lambda in eu-west-1 failed (")
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert message.endswith("if a proxy or firewall re-signs HTTPS, point AWS_CA_BUNDLE at its "
+                            "CA certificate")

@@ -122,6 +122,28 @@ def test_scale_benchmark_quick_mode_runs(tmp_path):
     assert (tmp_path / "out.json").stat().st_size > 0
 
 
+def test_scale_benchmark_floor_mode_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick",
+                          "--floor", "--scenarios", "10k"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "benchmark (floor: distributed alone, no dask-lambda)" in out.stdout
+    assert re.search(r"1,000 x 0\.2 s\s+100\s+[\d.]+s", out.stdout)
+    assert "1000 invocations, 0 retries, 0 errors" in out.stdout
+
+
+def test_invoke_cost_benchmark_quick_mode_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "invoke_cost.py"), "--quick",
+                          "--tls", "--json", str(tmp_path / "out.json")], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("direct", "sdk"):
+        assert re.search(rf"\n{name}\s+[\d.]+\s+[\d.]+\s+[\d.]+x", out.stdout), name
+    assert "first burst, 20 invokes on 20 new connections: direct" in out.stdout
+    samples = json.loads((tmp_path / "out.json").read_text())["samples"]
+    assert len(samples["direct"]) == len(samples["sdk"]) == 2  # the first burst and one run
+
+
 def test_batching_benchmark_quick_mode_runs(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--quick",
                           "--json", str(tmp_path / "out.json")], capture_output=True, text=True,

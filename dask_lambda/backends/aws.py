@@ -40,7 +40,6 @@ from dask_lambda_handler import protocol
 from ..deploy import compat, names
 from ..errors import (
     ConfigurationError,
-    HandlerCrashedError,
     PermissionDeniedError,
     VersionMismatchError,
 )
@@ -206,7 +205,7 @@ class AwsBackend(Backend):
             await stack.aclose()
 
     async def _describe(self, control: Any) -> None:
-        from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import EndpointConnectionError, NoCredentialsError, SSLError
 
         try:
             conf = await control.get_function_configuration(FunctionName=self.function)
@@ -214,6 +213,10 @@ class AwsBackend(Backend):
             raise ConfigurationError(
                 "no AWS credentials: configure them as for the AWS CLI (`aws configure`, "
                 "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from None
+        except SSLError as exc:
+            raise ConfigurationError(
+                f"TLS to AWS Lambda in {self.region} failed ({exc}): if a proxy or firewall "
+                "re-signs HTTPS, point AWS_CA_BUNDLE at its CA certificate") from None
         except EndpointConnectionError as exc:
             raise ConfigurationError(
                 f"cannot reach AWS Lambda in {self.region} ({exc}): check the network, the "
@@ -274,17 +277,8 @@ class AwsBackend(Backend):
         self.invocations += 1
 
     async def _check_versions(self) -> None:
-        try:
-            body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}',
-                                                                   count=False)
-        except ssl.SSLError as exc:
-            raise ConfigurationError(
-                f"TLS to AWS Lambda in {self.region} failed ({exc}): if a proxy or firewall "
-                "re-signs HTTPS, point AWS_CA_BUNDLE at its CA certificate") from None
-        except HandlerCrashedError as exc:
-            raise ConfigurationError(
-                f"cannot reach AWS Lambda in {self.region} ({exc}): check the network, the "
-                "region and AWS_ENDPOINT_URL") from None
+        # (the describe call has checked the endpoint, TLS and credentials)
+        body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}', count=False)
         try:
             answer = json.loads(body or b"null")
         except ValueError:
