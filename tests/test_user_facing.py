@@ -127,7 +127,7 @@ def test_scale_benchmark_floor_mode_runs(tmp_path):
                           "--floor", "--scenarios", "10k"], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "benchmark (floor: distributed alone, no dask-lambda)" in out.stdout
+    assert "scale (floor: distributed alone, no dask-lambda) benchmark" in out.stdout
     assert re.search(r"1,000 x 0\.2 s\s+100\s+[\d.]+s", out.stdout)
     assert "1000 invocations, 0 retries, 0 errors" in out.stdout
 
