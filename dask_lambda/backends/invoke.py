@@ -93,22 +93,26 @@ class FunctionInvoker:
 
         ``count``: report it to ``on_sent`` (not a version ping).
         """
-        if self.direct is None:
-            return await self._send_sdk(payload, count)
+        send = self._send_sdk if self.direct is None else self._send_direct
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                resp = await self.direct.invoke(payload)
-                break
+                return await send(payload, count)
             except NothingSent as exc:
                 if attempt == CONNECT_RETRIES:  # nothing was sent: retrying was safe
                     raise HandlerCrashedError(f"cannot connect to {self.where}: {exc}") from None
                 await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
-            except ReadTimeout:
-                self._sent(count)
-                raise HandlerCrashedError(self._no_answer()) from None
-            except ConnectionLost as exc:
-                self._sent(count)
-                raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _send_direct(self, payload: bytes, count: bool) -> tuple[bytes, str, str, str]:
+        assert self.direct is not None
+        try:
+            resp = await self.direct.invoke(payload)
+        except ReadTimeout:
+            self._sent(count)
+            raise HandlerCrashedError(self._no_answer()) from None
+        except ConnectionLost as exc:
+            self._sent(count)
+            raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
         if not 200 <= resp.status < 300:
             code, message = error_code(resp)
             raise self.api_error(code, resp.status, f"{message} (HTTP {resp.status})")
@@ -125,26 +129,22 @@ class FunctionInvoker:
             ReadTimeoutError,
         )
 
-        for attempt in range(CONNECT_RETRIES + 1):
-            try:
-                resp = await self.sdk.invoke(FunctionName=self.function, Payload=payload,
-                                             InvocationType="RequestResponse", LogType="Tail")
-                break
-            except (EndpointConnectionError, ConnectTimeoutError) as exc:
-                if attempt == CONNECT_RETRIES:  # nothing was sent: retrying was safe
-                    raise HandlerCrashedError(f"cannot connect to {self.where}: {exc}") from None
-                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
-            except ReadTimeoutError:
-                self._sent(count)
-                raise HandlerCrashedError(self._no_answer()) from None
-            except ConnectionClosedError as exc:
-                self._sent(count)
-                raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
-            except Exception as exc:
-                response = getattr(exc, "response", {})
-                code = response.get("Error", {}).get("Code", "")
-                status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                raise self.api_error(code, status, str(exc)) from None
+        try:
+            resp = await self.sdk.invoke(FunctionName=self.function, Payload=payload,
+                                         InvocationType="RequestResponse", LogType="Tail")
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise NothingSent(str(exc)) from None
+        except ReadTimeoutError:
+            self._sent(count)
+            raise HandlerCrashedError(self._no_answer()) from None
+        except ConnectionClosedError as exc:
+            self._sent(count)
+            raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+        except Exception as exc:
+            response = getattr(exc, "response", {})
+            code = response.get("Error", {}).get("Code", "")
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            raise self.api_error(code, status, str(exc)) from None
         self._sent(count)
         body = await resp["Payload"].read()
         return (body, resp.get("FunctionError") or "", resp.get("LogResult") or "",

@@ -33,6 +33,28 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
     await proc.wait()
 
 
+async def start_server_process(python: str, module: str, *, config: bytes | None = None,
+                               cwd: str | None = None
+                               ) -> tuple[asyncio.subprocess.Process, int | None]:
+    """Start ``python -m module``, a server that prints ``PORT <n>`` once it serves and exits
+    when its stdin closes; ``config`` is written to its stdin first.
+
+    Returns the process and its port, or ``None`` if it did not say within `START_TIMEOUT`
+    (the caller raises its own error; `stop_process` ends it either way).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        python, "-m", module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        cwd=cwd)
+    assert proc.stdin is not None and proc.stdout is not None
+    if config is not None:
+        proc.stdin.write(config)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+    except asyncio.TimeoutError:
+        line = b""
+    return proc, int(line.split()[1]) if line.startswith(b"PORT ") else None
+
+
 class LocalS3Backend(Backend):
     """A backend whose S3 is a moto server on 127.0.0.1 (started here) or a given endpoint.
 
@@ -78,21 +100,14 @@ class LocalS3Backend(Backend):
         """Start moto's S3 server (working directory ``directory``) unless an endpoint was given."""
         if self.endpoint is not None:
             return
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "dask_lambda.backends.s3server",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=directory)
-        self._own_s3 = proc
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            line = b""
-        if not line.startswith(b"PORT "):
+        self._own_s3, port = await start_server_process(
+            self.python, "dask_lambda.backends.s3server", cwd=directory)
+        if port is None:
             raise ConfigurationError(
                 "the local S3 server (moto) did not start; is moto installed with its server "
                 "extra? `pip install 'moto[server,s3]'` (or pass local_s3_endpoint=\"http://...\" "
                 "to use one you run)")
-        self.endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.endpoint = f"http://127.0.0.1:{port}"
 
     async def close_s3(self) -> None:
         """Stop the S3 server `start_s3` started, if any."""

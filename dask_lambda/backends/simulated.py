@@ -61,7 +61,7 @@ from ..scaling import SCALING_PERIOD, SCALING_RATE
 from .base import FunctionSettings
 from .invoke import FunctionInvoker
 from .lambda_api import Credentials, LambdaInvoker
-from .local_s3 import CREDENTIALS, START_TIMEOUT, LocalS3Backend, stop_process
+from .local_s3 import CREDENTIALS, LocalS3Backend, start_server_process, stop_process
 
 #: A delay in seconds: a constant, a ``(low, high)`` uniform range, or a function of a
 #: `random.Random` returning one (e.g. ``lambda rng: rng.lognormvariate(-3.2, 0.3)``).
@@ -279,21 +279,15 @@ class SimulatedBackend(LocalS3Backend):
             context = ssl.create_default_context(cafile=tls[0])
         config = ServerConfig(self.model, self.FUNCTION, settings.signing_key, settings.timeout,
                               settings.concurrency, tls)
-        proc = self._server = await asyncio.create_subprocess_exec(
-            self.python, "-m", "dask_lambda.backends.simulated_server",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(base64.b64encode(cloudpickle.dumps(config)) + b"\n")
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            line = b""
-        if not line.startswith(b"PORT "):
+        self._server, port = await start_server_process(
+            self.python, "dask_lambda.backends.simulated_server",
+            config=base64.b64encode(cloudpickle.dumps(config)) + b"\n")
+        if port is None:
             raise ConfigurationError(
                 "the simulated Lambda endpoint did not start (see its output above); is the "
                 "model picklable? Its duration and result functions go to another process.")
         scheme = "https" if self.tls else "http"
-        self._url = f"{scheme}://127.0.0.1:{int(line.split()[1])}"
+        self._url = f"{scheme}://127.0.0.1:{port}"
         read_timeout = settings.timeout + 60
         direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
                                max_connections=connections, read_timeout=read_timeout,
