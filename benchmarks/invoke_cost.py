@@ -17,9 +17,10 @@ the simulated backends take, with two clients:
 
 Both run in this one process, alternating, ``--repeat`` times; each repetition sends
 ``--invokes`` invokes with ``--concurrency`` in flight after a warm-up. It prints the
-medians of this process's CPU time per invoke (``time.process_time()``) and of the wall
-time, and their ratio, on warm connections; and the first burst of each client, which
-opens its connections (``--concurrency`` of them). The endpoint is plain HTTP on
+medians of this process's CPU time per invoke (``time.process_time()``, all threads), of
+the wall time and of the event loop thread's CPU (``time.thread_time()``: TLS handshakes run
+in other threads), and the ratio of CPU, on warm connections; and the first burst of each
+client, which opens its connections (``--concurrency`` of them). The endpoint is plain HTTP on
 127.0.0.1, or HTTPS with ``--tls`` (a self-signed RSA-2048 certificate, as AWS's
 endpoints use RSA-2048): then each new connection pays a TLS handshake, as against AWS.
 
@@ -71,8 +72,9 @@ async def _sdk_invoker(backend: SimulatedBackend, concurrency: int, stack: objec
                            redeploy=direct.redeploy)
 
 
-async def _burst(invoker: FunctionInvoker, n: int, concurrency: int) -> tuple[float, float]:
-    """Send ``n`` invokes, ``concurrency`` at a time; (CPU s, wall s)."""
+async def _burst(invoker: FunctionInvoker, n: int, concurrency: int
+                 ) -> tuple[float, float, float]:
+    """Send ``n`` invokes, ``concurrency`` at a time; (CPU s, wall s, event loop CPU s)."""
     slots = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
@@ -80,12 +82,12 @@ async def _burst(invoker: FunctionInvoker, n: int, concurrency: int) -> tuple[fl
             response = await invoker.invoke(EVENT)
             assert response["status"] == "ok", response
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall, loop = time.process_time(), time.perf_counter(), time.thread_time()
     await asyncio.gather(*(one() for _ in range(n)))
-    return time.process_time() - cpu, time.perf_counter() - wall
+    return time.process_time() - cpu, time.perf_counter() - wall, time.thread_time() - loop
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float, float]]]:
     import contextlib
 
     model = LambdaModel(invoke_latency=0.0, cold_start=0.0)
@@ -93,8 +95,8 @@ async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
     backend.configure(FunctionSettings(concurrency=args.concurrency, memory=1024, timeout=300,
                                        signing_key=os.urandom(32)))
     await backend.start()
-    samples: dict[str, list[tuple[float, float]]] = {"direct": [], "sdk": []}
-    first: dict[str, tuple[float, float]] = {}
+    samples: dict[str, list[tuple[float, float, float]]] = {"direct": [], "sdk": []}
+    first: dict[str, tuple[float, float, float]] = {}
     try:
         async with contextlib.AsyncExitStack() as stack:
             invokers = {"direct": backend._invoker,
@@ -110,24 +112,26 @@ async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
     return {name: [first[name], *runs] for name, runs in samples.items()}
 
 
-def format_table(samples: dict[str, list[tuple[float, float]]], n: int, connections: int
-                 ) -> str:
+def format_table(samples: dict[str, list[tuple[float, float, float]]], n: int,
+                 connections: int) -> str:
     """Medians of the warm repetitions, then each client's first burst (sample 0)."""
     first = {name: runs[0] for name, runs in samples.items()}
-    samples = {name: runs[1:] for name, runs in samples.items()}
-    medians = {name: (1000 * statistics.median(c for c, _ in runs) / n,
-                      1000 * statistics.median(w for _, w in runs) / n)
-               for name, runs in samples.items()}
-    ref_cpu, ref_wall = medians["direct"]
-    header = f"{'invoker':<10} {'CPU ms/invoke':>14} {'wall ms/invoke':>15} {'CPU vs direct':>14}"
+    warm = {name: runs[1:] for name, runs in samples.items()}
+    medians = {name: [1000 * statistics.median(r[i] for r in runs) / n for i in range(3)]
+               for name, runs in warm.items()}
+    ref_cpu = medians["direct"][0]
+    header = (f"{'invoker':<10} {'CPU ms/invoke':>14} {'wall ms/invoke':>15} "
+              f"{'loop CPU ms':>12} {'CPU vs direct':>14}")
     lines = [header, "-" * len(header)]
-    for name, (cpu, wall) in medians.items():
-        lines.append(f"{name:<10} {cpu:>14.3f} {wall:>15.3f} {cpu / ref_cpu:>13.1f}x")
-    lines.append(f"(medians of {len(samples['direct'])} repetitions of {n} invokes on open "
-                 "connections; CPU: this process, client only)")
-    lines.append(f"first burst, {connections} invokes on {connections} new connections: "
-                 + ", ".join(f"{name} {1000 * cpu / connections:.3f} ms CPU/invoke"
-                             for name, (cpu, _) in first.items()))
+    for name, (cpu, wall, loop) in medians.items():
+        lines.append(f"{name:<10} {cpu:>14.3f} {wall:>15.3f} {loop:>12.3f} "
+                     f"{cpu / ref_cpu:>13.1f}x")
+    lines.append(f"(medians of {len(warm['direct'])} repetitions of {n} invokes on open "
+                 "connections; CPU: this process, client only; loop CPU: its event loop's thread)")
+    lines.append(f"first burst, {connections} invokes on {connections} new connections, ms per "
+                 "invoke: " + ", ".join(f"{name} {1000 * cpu / connections:.3f} CPU, "
+                                       f"{1000 * loop / connections:.3f} loop CPU"
+                                       for name, (cpu, _, loop) in first.items()))
     return "\n".join(lines)
 
 

@@ -278,6 +278,7 @@ class AwsBackend(Backend):
 
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
+        assert self._invoker is not None
         body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}', count=False)
         try:
             answer = json.loads(body or b"null")
@@ -323,6 +324,7 @@ class AwsBackend(Backend):
             self.invocations += 1
             response = await self._trigger.run(event)
         else:
+            assert self._invoker is not None, "invoke before start"
             response = await self._invoker.invoke(event)
         if (response.get("stats") or {}).get("cold"):
             self.cold_starts += 1

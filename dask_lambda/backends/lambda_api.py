@@ -27,10 +27,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 #: Pooled connections idle longer than this are closed instead of reused: a request written to
@@ -138,7 +141,7 @@ def _hmac(key: bytes, text: str) -> bytes:
 class _Connection:
     __slots__ = ("reader", "writer", "idle_since", "expired")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | _TLSConnection):
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
@@ -196,12 +199,10 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         try:
-            if self.ssl_context is not None and _SmallBufferTLS is not None:
-                opened = _open_tls(self.hostname, self.port, self.ssl_context)
+            if self.ssl_context is not None:
+                opened: Any = _open_tls(self.hostname, self.port, self.ssl_context)
             else:
-                opened = asyncio.open_connection(
-                    self.hostname, self.port, ssl=self.ssl_context, limit=_HEAD_LIMIT,
-                    server_hostname=self.hostname if self.tls else None)
+                opened = asyncio.open_connection(self.hostname, self.port, limit=_HEAD_LIMIT)
             reader, writer = await asyncio.wait_for(opened, self.connect_timeout)
         except ssl.SSLCertVerificationError:
             raise
@@ -265,45 +266,184 @@ class HttpPool:
             conn.close()
 
 
-def _small_buffer_tls() -> type | None:
-    """asyncio's TLS protocol with a 16 KiB read buffer instead of 256 KiB (Python >= 3.11).
+class _TLSConnection(asyncio.Protocol):
+    """A TLS client connection whose handshake runs in a thread, off the event loop.
 
-    A synchronous invoke holds its connection while the function runs, so a client with
-    1,000 functions in flight holds 1,000 TLS connections; asyncio gives each a 256 KiB
-    read buffer (``SSLProtocol.max_size``, allocated and zeroed up front): 256 MB of this
-    process's memory (benchmarks/README.md, scale.py) for answers of a few KB. TLS records
-    are at most 16 KiB, so a larger buffer only saves read calls on large answers.
+    A synchronous invoke holds its connection while the function runs, so a client that
+    keeps 1,000 functions busy opens 1,000 TLS connections in its first wave. Each handshake
+    costs about a millisecond of CPU, nearly all in OpenSSL (key exchange), and asyncio runs
+    it on the event loop: a second of the loop's time at the start of a burst, while the
+    loop should be sending invocations (benchmarks/README.md, scale.py). OpenSSL releases the
+    GIL while it works, so here each handshake step runs in a thread (`_handshakes`) and the
+    loop only moves bytes. After the handshake, records are encrypted and decrypted on the
+    loop (cheap), through an `ssl.SSLObject` on memory buffers; the plain text goes to an
+    `asyncio.StreamReader`. It is also the writer: ``write``, ``drain``, ``close``.
+
+    asyncio's own TLS transport would also give each connection a 256 KiB read buffer,
+    256 MB of the client's memory for 1,000 connections; decrypted data here is read in
+    the sizes it arrives in.
     """
-    from asyncio import sslproto
 
-    if not isinstance(getattr(sslproto.SSLProtocol, "max_size", None), int):
-        return None  # Python 3.10's implementation: keep asyncio's own path
+    def __init__(self, context: ssl.SSLContext, host: str, reader: asyncio.StreamReader):
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._context = context
+        self._host = host
+        self._tls: ssl.SSLObject | None = None  # made in the handshake's first thread call
+        self.reader = reader
+        self.transport: Any = None
+        self._handshaking = True
+        self._received: list[bytes] = []  # while a handshake step runs in its thread
+        self._wake: asyncio.Future | None = None
+        self._lost: Exception | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
 
-    class SmallBufferTLS(sslproto.SSLProtocol):
-        max_size = 16 * 1024
+    # -- asyncio.Protocol -------------------------------------------------------------------
 
-    return SmallBufferTLS
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshaking:  # the SSLObject may be in use by the handshake's thread
+            self._received.append(data)
+            self._wake_handshake()
+            return
+        self._incoming.write(data)
+        self._read_plaintext()
+
+    def eof_received(self) -> bool:
+        self._incoming.write_eof()
+        if not self._handshaking:
+            self._read_plaintext()
+        self._end(ConnectionResetError("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc or ConnectionResetError("the connection was closed"))
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        assert self._tls is not None, "write before the handshake"
+        self._tls.write(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+        if self._lost is not None:
+            raise self._lost
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _read_plaintext(self) -> None:
+        reader, tls = self.reader, self._tls
+        assert tls is not None, "data before the handshake"
+        while True:
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # the server ended TLS (close_notify)
+                chunk = b""
+            except ssl.SSLError as exc:
+                reader.set_exception(ConnectionResetError(f"TLS failed: {exc}"))
+                self.close()
+                return
+            if not chunk:
+                reader.feed_eof()
+                break
+            reader.feed_data(chunk)
+        self._flush()  # e.g. a key update answered while reading
+
+    def _end(self, exc: Exception) -> None:
+        if self._lost is None:
+            self._lost = exc
+        if not self.reader.at_eof() and not self._handshaking:
+            self.reader.feed_eof()
+        self._wake_handshake()
+
+    def _wake_handshake(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _handshake_step(self) -> None:
+        """In a thread: one step of the handshake (the first makes the SSL object too)."""
+        if self._tls is None:
+            self._tls = self._context.wrap_bio(self._incoming, self._outgoing,
+                                               server_hostname=self._host)
+        self._tls.do_handshake()
+
+    async def handshake(self) -> None:
+        """Run the TLS handshake, its CPU-heavy steps in `_handshakes`' threads."""
+        loop = asyncio.get_running_loop()
+        threads = _handshakes()
+        while True:
+            for data in self._received:
+                self._incoming.write(data)
+            self._received.clear()
+            try:
+                await loop.run_in_executor(threads, self._handshake_step)
+                break
+            except ssl.SSLWantReadError:
+                self._flush()  # what the handshake has to say next
+                if not self._received:
+                    if self._lost is not None:
+                        raise self._lost from None
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                if self._lost is not None and not self._received:
+                    raise self._lost from None
+        self._flush()
+        self._handshaking = False
+        for data in self._received:
+            self._incoming.write(data)
+        self._received.clear()
+        self._read_plaintext()
 
 
-_SmallBufferTLS = _small_buffer_tls()
+_HANDSHAKE_THREADS: ThreadPoolExecutor | None = None
+
+
+def _handshakes() -> ThreadPoolExecutor:
+    """The threads TLS handshakes run in (one per core: the work is OpenSSL's, without the GIL)."""
+    global _HANDSHAKE_THREADS
+    if _HANDSHAKE_THREADS is None:
+        _HANDSHAKE_THREADS = ThreadPoolExecutor(max(2, os.cpu_count() or 2),
+                                                thread_name_prefix="dask-lambda-tls")
+    return _HANDSHAKE_THREADS
 
 
 async def _open_tls(host: str, port: int, context: ssl.SSLContext
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """`asyncio.open_connection` with TLS, on `_SmallBufferTLS` (as asyncio builds it)."""
+                    ) -> tuple[asyncio.StreamReader, _TLSConnection]:
+    """Like ``asyncio.open_connection(host, port, ssl=context)``, on a `_TLSConnection`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_HEAD_LIMIT, loop=loop)
-    stream = asyncio.StreamReaderProtocol(reader, loop=loop)
-    handshake = loop.create_future()
-    tls = _SmallBufferTLS(loop, stream, context, handshake, server_side=False,
-                          server_hostname=host)
-    transport, _ = await loop.create_connection(lambda: tls, host, port)
+    connection = _TLSConnection(context, host, reader)
+    transport, _ = await loop.create_connection(lambda: connection, host, port)
     try:
-        await handshake
+        await connection.handshake()
     except BaseException:
         transport.close()
         raise
-    return reader, asyncio.StreamWriter(tls._app_transport, stream, reader, loop)
+    return reader, connection
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
