@@ -35,6 +35,7 @@ from dask_lambda.backends.lambda_api import (
     ReadTimeout,
     SigV4,
 )
+from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend
 from dask_lambda.errors import (
     FunctionError,
     HandlerCrashedError,
@@ -391,3 +392,40 @@ def test_a_certificate_this_machine_does_not_trust_names_aws_ca_bundle(monkeypat
     assert "CERTIFICATE_VERIFY_FAILED" in message
     assert message.endswith("if a proxy or firewall re-signs HTTPS, point AWS_CA_BUNDLE at its "
                             "CA certificate")
+
+
+def test_tls_failures_before_the_request_are_nothing_sent_or_a_certificate_error():
+    """The handshake runs in a thread; what goes wrong there still means nothing was sent."""
+    import ssl
+
+    async def go():
+        async def hang_up(reader, writer):  # accepts, then closes before any TLS answer
+            writer.close()
+
+        closer = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = closer.sockets[0].getsockname()[1]
+        with pytest.raises(NothingSent, match="cannot connect to 127.0.0.1"):
+            await HttpPool(f"https://127.0.0.1:{port}", max_connections=1).request(
+                "POST", "/", {}, b"{}", 5.0)
+        closer.close()
+        async with Peer([]) as plain:  # speaks HTTP, not TLS: the handshake never ends
+            pool = HttpPool(plain.url.replace("http:", "https:"), max_connections=1,
+                            connect_timeout=0.5)
+            with pytest.raises(NothingSent, match="cannot connect to 127.0.0.1"):
+                await pool.request("POST", "/", {}, b"{}", 5.0)
+        backend = SimulatedBackend(LambdaModel(), s3_endpoint="http://unused", tls=True)
+        backend.configure(FunctionSettings(concurrency=2, memory=1024, timeout=60,
+                                           signing_key=b"k" * 32))
+        await backend.start()
+        try:  # a self-signed certificate the system does not trust: not retried, raised
+            with pytest.raises(ssl.SSLCertVerificationError, match="self.signed certificate"):
+                await HttpPool(backend._url, max_connections=1).request(
+                    "POST", "/", {}, b"{}", 5.0)
+            trusted = backend._invoker.direct  # trusts it: and reuses its connection
+            for _ in range(3):
+                assert (await trusted.invoke(b'{"op": "run"}')).status == 200
+            assert trusted.pool.opened == 1
+        finally:
+            await backend.close()
+
+    asyncio.run(go())
