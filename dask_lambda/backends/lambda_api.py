@@ -1,9 +1,9 @@
 """Lambda's Invoke API on pooled HTTP/1.1 connections, signed with SigV4 here.
 
-Why not aiobotocore for invokes: on this machine its ``invoke`` costs about 1.4 ms of
+Why not aiobotocore for invokes: on this machine its ``invoke`` costs about 1 ms of
 client CPU per call (parameter validation, endpoint rules, event hooks, response
-parsing), more than everything else the client does per task; this path costs about
-0.1 ms (benchmarks/README.md, ``invoke_cost.py``). A laptop that keeps 1,000 functions
+parsing), about as much as everything else the client does per task; this path costs
+about 0.1 ms (benchmarks/README.md, ``invoke_cost.py``). A laptop that keeps 1,000 functions
 of one second busy makes 1,000 invokes a second, so that difference is most of a core.
 
 What goes on the wire is what botocore sends for ``invoke(FunctionName=...,
@@ -231,15 +231,15 @@ class HttpPool:
             keep = False
             try:
                 head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                conn.writer.write(
-                    f"{method} {self.base_path}{path} HTTP/1.1\r\n{head}"
-                    f"content-length: {len(body)}\r\n\r\n".encode("latin-1") + body)
-                if len(body) > _DRAIN_ABOVE:
-                    await conn.writer.drain()
                 # A timer that closes the connection, not asyncio.wait_for: that makes a task
                 # per call, a tenth of this whole request's CPU.
                 timer = asyncio.get_running_loop().call_later(timeout, _expire, conn)
                 try:
+                    conn.writer.write(
+                        f"{method} {self.base_path}{path} HTTP/1.1\r\n{head}"
+                        f"content-length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+                    if len(body) > _DRAIN_ABOVE:
+                        await conn.writer.drain()
                     response, keep = await _read_response(conn.reader)
                 except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                         ValueError) as exc:

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
+import logging
 import random
 import shutil
 import ssl
@@ -62,6 +62,8 @@ from .base import FunctionSettings
 from .invoke import FunctionInvoker
 from .lambda_api import Credentials, LambdaInvoker
 from .local_s3 import CREDENTIALS, LocalS3Backend, start_server_process, stop_process
+
+logger = logging.getLogger(__name__)
 
 #: A delay in seconds: a constant, a ``(low, high)`` uniform range, or a function of a
 #: `random.Random` returning one (e.g. ``lambda rng: rng.lognormvariate(-3.2, 0.3)``).
@@ -303,8 +305,11 @@ class SimulatedBackend(LocalS3Backend):
 
     async def stop(self) -> None:
         if not self._closed and self._server is not None and self._server.returncode is None:
-            with contextlib.suppress(Exception):  # counters are a report; never block closing
+            try:
                 await self.refresh_counters()
+            except Exception as exc:  # counters are a report: say so, but never block closing
+                logger.warning("could not read the simulated Lambda's counters (%r): "
+                               "backend.counters() keeps the last ones read", exc)
         self._closed = True
 
     async def close(self) -> None:
@@ -320,11 +325,6 @@ class SimulatedBackend(LocalS3Backend):
         await self.close_s3()
 
     # -- invoke -----------------------------------------------------------------------
-
-    @property
-    def account_concurrency(self) -> int:
-        """Invocations Lambda runs at once before it answers 429."""
-        return self.model.account_concurrency or self.settings.concurrency
 
     async def invoke(self, event: dict) -> dict:
         if self._closed or self._invoker is None:

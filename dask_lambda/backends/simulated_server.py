@@ -26,6 +26,7 @@ import json
 import random
 import sys
 import threading
+from collections import deque
 from dataclasses import asdict
 from time import monotonic
 from typing import Any
@@ -49,8 +50,7 @@ class SimulatedLambda:
         self._cold_start = sampler(model.cold_start, rng)
         self.stats = SimulatedCounters()
         self._idle = 0  # warm environments not running anything
-        self._created: list[float] = []  # creation times within the scaling window
-        self._window_start = 0  # index of the first creation still inside the window
+        self._created: deque[float] = deque()  # creation times within the scaling window
         self._t0: float | None = None
         self._result = self._encode(None)
         self.account_concurrency = model.account_concurrency or config.concurrency
@@ -113,11 +113,10 @@ class SimulatedLambda:
 
     def _may_create(self, now: float) -> bool:
         """Whether the scaling rate allows one more new environment now."""
-        created, start = self._created, self._window_start
-        while start < len(created) and created[start] <= now - self.model.scaling_period:
-            start += 1
-        self._window_start = start
-        return len(created) - start < self.model.scaling_rate
+        window = self._created
+        while window and window[0] <= now - self.model.scaling_period:
+            window.popleft()
+        return len(window) < self.model.scaling_rate
 
     def _admit(self, cold: bool, now: float) -> int:
         """Start an invocation (in a new environment if ``cold``); returns its number."""
