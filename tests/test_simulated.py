@@ -202,3 +202,63 @@ def test_the_simulated_lambda_serves_https_with_a_certificate_the_client_checks(
         assert client.gather(client.map(str, range(20), pure=False)) == [None] * 20
     assert backend.counters()["invocations"] == 20
     assert backend._directory is None  # the certificate and key are gone with the client
+
+
+def test_a_model_that_cannot_go_to_the_simulator_process_names_the_fix():
+    import threading
+
+    lock = threading.Lock()
+    backend = SimulatedBackend(LambdaModel(duration=lambda event: lock.locked() and 0.0),
+                               s3_endpoint="http://unused")
+    backend.configure(SETTINGS)
+    with pytest.raises(ConfigurationError) as info:
+        asyncio.run(backend.start())
+    assert str(info.value).startswith("the simulated Lambda runs in another process, and this "
+                                      "LambdaModel cannot be pickled (TypeError: ")
+    assert str(info.value).endswith("e.g. LambdaModel(duration=constant(1.0))")
+
+
+def test_counters_that_cannot_be_read_are_reported_not_silently_zero(caplog):
+    async def go() -> SimulatedBackend:
+        backend = SimulatedBackend(LambdaModel(invoke_latency=0.0, cold_start=0.0),
+                                   s3_endpoint="http://unused")
+        backend.configure(SETTINGS)
+        await backend.start()
+        await backend.invoke({"op": "run"})
+        backend._server.kill()  # the simulated Lambda dies before the client closes
+        await backend._server.wait()
+        await backend.close()
+        return backend
+
+    with caplog.at_level("WARNING", logger="dask_lambda.backends.simulated"):
+        backend = asyncio.run(go())
+    assert "could not read the simulated Lambda's counters" in caplog.text
+    assert "backend.counters() keeps the last ones read" in caplog.text
+    assert backend.counters()["invocations"] == 1  # what the client itself counted
+
+
+class _LoadsOnlyHere:
+    """A duration that pickles, but whose unpickling fails in another process."""
+
+    def __call__(self, event: dict) -> float:
+        return 0.0
+
+    def __reduce__(self):
+        return eval, ("1 / 0",)
+
+
+def test_a_model_the_simulator_process_cannot_load_says_so():
+    backend = SimulatedBackend(LambdaModel(duration=_LoadsOnlyHere()), s3_endpoint="http://unused")
+    backend.configure(SETTINGS)
+
+    async def go() -> None:
+        try:
+            await backend.start()
+        finally:
+            await backend.close()
+
+    with pytest.raises(ConfigurationError) as info:
+        asyncio.run(go())
+    assert str(info.value) == ("the simulated Lambda endpoint did not start (see its output "
+                               "above): its model could not be loaded there, or Python could not "
+                               "start it.")

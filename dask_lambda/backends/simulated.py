@@ -281,13 +281,20 @@ class SimulatedBackend(LocalS3Backend):
             context = ssl.create_default_context(cafile=tls[0])
         config = ServerConfig(self.model, self.FUNCTION, settings.signing_key, settings.timeout,
                               settings.concurrency, tls)
+        try:
+            pickled = cloudpickle.dumps(config)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the simulated Lambda runs in another process, and this LambdaModel cannot be "
+                f"pickled ({type(exc).__name__}: {exc}): give it functions without locks, "
+                "files or sockets, e.g. LambdaModel(duration=constant(1.0))") from None
         self._server, port = await start_server_process(
             self.python, "dask_lambda.backends.simulated_server",
-            config=base64.b64encode(cloudpickle.dumps(config)) + b"\n")
+            config=base64.b64encode(pickled) + b"\n")
         if port is None:
             raise ConfigurationError(
-                "the simulated Lambda endpoint did not start (see its output above); is the "
-                "model picklable? Its duration and result functions go to another process.")
+                "the simulated Lambda endpoint did not start (see its output above): its model "
+                "could not be loaded there, or Python could not start it.")
         scheme = "https" if self.tls else "http"
         self._url = f"{scheme}://127.0.0.1:{port}"
         read_timeout = settings.timeout + 60
@@ -304,7 +311,7 @@ class SimulatedBackend(LocalS3Backend):
         self.invocations += 1
 
     async def stop(self) -> None:
-        if not self._closed and self._server is not None and self._server.returncode is None:
+        if not self._closed and self._server is not None:
             try:
                 await self.refresh_counters()
             except Exception as exc:  # counters are a report: say so, but never block closing
