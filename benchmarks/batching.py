@@ -130,8 +130,11 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             runs: dict[str, list] = {m: [] for m in MODES}
             tasks = None
             for rep in range(args.repeat):
-                for mode in MODES:
-                    graph = build(n, rep)
+                for number, mode in enumerate(MODES):
+                    # new keys for every run: resubmitting the keys of a run the scheduler has
+                    # not forgotten yet, with another plan, keeps the old plan (distributed
+                    # warns "Detected different `run_spec`"), which would blur the modes
+                    graph = build(n, rep * len(MODES) + number)
                     if tasks is None:
                         tasks = len(dask.optimize(graph)[0].__dask_graph__())
                     expected = (dask.compute(graph, scheduler="sync")[0]
