@@ -38,6 +38,14 @@ else ``lambda.batching.unknown-duration`` (default: distributed's
 functions fuses chains only; a later one, with measured durations, also fuses
 subtrees of short tasks.
 
+Keys the scheduler still holds
+------------------------------
+A task the scheduler still has (the same collection computed again before its last
+run was forgotten, or data persisted from it) keeps the definition the scheduler has,
+fused or not, and is neither absorbed nor given more tasks; what that definition had
+absorbed is culled. distributed keeps a known key's first definition anyway, and warns
+("Detected different `run_spec`") when a new graph defines it otherwise.
+
 What it costs
 -------------
 The fused keys are not computed separately: `LambdaClient.get_task_logs` finds
@@ -159,9 +167,11 @@ def _signature(key: Any, annotations: Mapping[str, Mapping[Any, Any]]) -> tuple 
 
 def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
                annotations: Mapping[str, Mapping[Any, Any]],
-               settings: BatchSettings) -> tuple[dict, dict[str, dict]]:
+               settings: BatchSettings,
+               known: Callable[[Any], bool] = lambda key: False) -> tuple[dict, dict[str, dict]]:
     """Fuse chains and subtrees of ``dsk`` into single tasks (see the module doc).
 
+    ``known(key)``: the scheduler still has this task; it is left as it is.
     Returns the new graph, whose keys are those of ``dsk`` less the absorbed ones,
     and ``annotations`` without the absorbed keys.
     """
@@ -173,7 +183,7 @@ def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
             n_dependents[d] += 1
     fusable: dict[Any, tuple | None] = {}
     for k, node in dsk.items():
-        fusable[k] = None if node.block_fusion else _signature(k, annotations)
+        fusable[k] = None if node.block_fusion or known(k) else _signature(k, annotations)
 
     size = {k: 1 for k in dsk}
     # Aliases (a key naming another) and literals cost nothing to run.
@@ -262,11 +272,12 @@ class BatchedExpr:
     """
 
     def __init__(self, expr: Any, keys: Iterable[Any], settings: BatchSettings,
-                 cull_graph: bool) -> None:
+                 cull_graph: bool, scheduler: str | None = None) -> None:
         self.expr = expr
         self.keys = list(keys)
         self.settings = settings
         self.cull_graph = cull_graph
+        self.scheduler = scheduler  # its address: the keys it still has keep their plan
         self._annotations: dict | None = None
 
     def __dask_graph__(self) -> dict:
@@ -274,7 +285,11 @@ class BatchedExpr:
         if self.cull_graph:
             dsk = cull(dsk, self.keys)
         annotations = dict(self.expr.__dask_annotations__())
-        dsk, self._annotations = fuse_graph(dsk, self.keys, annotations, self.settings)
+        kept = _scheduler_definitions(self.scheduler, dsk)
+        if kept:  # known tasks as the scheduler has them; what they absorbed goes
+            dsk = cull({**dsk, **kept}, self.keys)
+        dsk, self._annotations = fuse_graph(dsk, self.keys, annotations, self.settings,
+                                            known=kept.__contains__)
         return dsk
 
     def __dask_annotations__(self) -> dict:
@@ -284,4 +299,21 @@ class BatchedExpr:
         return self._annotations
 
     def __reduce__(self) -> tuple[Callable, tuple]:
-        return BatchedExpr, (self.expr, self.keys, self.settings, self.cull_graph)
+        return BatchedExpr, (self.expr, self.keys, self.settings, self.cull_graph,
+                             self.scheduler)
+
+
+def _scheduler_definitions(address: str | None, dsk: Mapping[Any, Any]) -> dict:
+    """The definitions the scheduler at ``address`` still has for keys of ``dsk``.
+
+    The scheduler is in this process (it materializes the graph, in its offload thread:
+    its task table is only read here). None where it is not found.
+    """
+    from distributed import Scheduler
+
+    for scheduler in list(Scheduler._instances) if address else ():
+        if scheduler.address == address:
+            tasks = scheduler.tasks
+            return {k: ts.run_spec for k in dsk
+                    if (ts := tasks.get(k)) is not None and ts.run_spec is not None}
+    return {}

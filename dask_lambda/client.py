@@ -117,7 +117,8 @@ class LambdaClient(Client):
         executor = self.cluster.executor
         measured = executor.duration_estimates() if executor is not None else {}
         settings = BatchSettings.from_config(self.cluster.settings.timeout, measured)
-        return BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr))
+        return BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr),
+                           scheduler=self.scheduler.address)
 
     async def _gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
         # Outputs kept in S3 reach the client as references: download only what is gathered.

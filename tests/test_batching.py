@@ -199,6 +199,27 @@ def test_chain_runs_in_one_invocation_and_tree_in_few(client):
     assert set(client.cluster.executor.durations) >= {"inc", "add"}
 
 
+def test_computing_the_same_collection_again_keeps_the_schedulers_plan(client):
+    """Back-to-back computations of one collection: the second may arrive while the scheduler
+    still has the first's tasks, and batching (now with measured durations) would plan them
+    differently; distributed then keeps the old definitions and warns. Known keys keep theirs."""
+    import io
+    import logging
+
+    import dask.bag as db
+
+    seen = io.StringIO()
+    handler = logging.StreamHandler(seen)  # distributed's loggers do not propagate to pytest's
+    logging.getLogger("distributed.scheduler").addHandler(handler)
+    try:
+        total = db.range(2000, npartitions=100).map(inc).sum()
+        results = [total.compute() for _ in range(4)]
+    finally:
+        logging.getLogger("distributed.scheduler").removeHandler(handler)
+    assert results == [sum(range(1, 2001))] * 4
+    assert "Detected different `run_spec`" not in seen.getvalue()
+
+
 def test_batching_false_runs_one_invocation_per_task(s3_endpoint, request):
     with LambdaClient(f"s3://{bucket_for(request)}-off/run", local_s3_endpoint=s3_endpoint,
                       dashboard_address=None, concurrency=2, batching=False) as c:
