@@ -311,9 +311,9 @@ class LambdaExecutor(_AsyncExecutor):
                                                       LambdaOutOfMemoryError)):
                 advice = (f" This invocation ran {len(prefixes)} graph tasks fused by batching: "
                           "LambdaClient(..., batching=False) runs one task per invocation.")
-            wrapped = type(exc)(f"task {key!r}: {exc}{advice}")
-            if isinstance(exc, FunctionError):  # keep the handler's error type
-                wrapped.error_type = exc.error_type
+            message = f"task {key!r}: {exc}{advice}"
+            wrapped = (type(exc)(message, exc.error_type)  # keep the handler's error type
+                       if isinstance(exc, FunctionError) else type(exc)(message))
             return self._erred(key, wrapped, None, "", start, delay)
         finally:
             self.stats.tasks += 1
@@ -323,15 +323,15 @@ class LambdaExecutor(_AsyncExecutor):
             return self._finished(outcome, start, delay)
         header = outcome.header
         if header["kind"] == "error":
-            exc = outcome.load()
-            if not isinstance(exc, BaseException):
-                exc = RemoteTaskError(f"{header['exc_text']} (raised in Lambda)")
+            error = outcome.load()
+            if not isinstance(error, BaseException):
+                error = RemoteTaskError(f"{header['exc_text']} (raised in Lambda)")
             tb = None
             if header.get("traceback"):
                 import tblib
 
                 tb = tblib.Traceback.from_dict(header["traceback"]).as_traceback()
-            return self._erred(key, exc, tb, header.get("traceback_text", ""), start, delay)
+            return self._erred(key, error, tb, header.get("traceback_text", ""), start, delay)
         return self._finished(outcome.load(), start, delay)
 
     async def _call(self, token: str, parts: list, key: Any = None,
@@ -426,8 +426,9 @@ class LambdaExecutor(_AsyncExecutor):
         governor = self.governor
         await governor.acquire()
         try:
-            response = await (self.backend.invoke(event, memory=memory) if memory
-                              else self.backend.invoke(event))
+            # memory is set only where backend.supports_memory_override (the local backend)
+            response = await (self.backend.invoke(event, memory=memory)  # type: ignore[call-arg]
+                              if memory else self.backend.invoke(event))
         except LambdaThrottledError:
             governor.release(throttled=True)
             raise
@@ -498,6 +499,7 @@ class LambdaExecutor(_AsyncExecutor):
 
     def _finished(self, value: Any, start: float, delay: float) -> dict:
         """The worker's message for a finished task; a reference reports its value's size."""
+        typ: type | None
         if isinstance(value, protocol.ObjectRef):
             nbytes, typ = value.size, _type_named(value.type)
         else:
@@ -583,7 +585,8 @@ class LocalTaskExecutor(_AsyncExecutor):
                     for k, v in data.items()}
         self.tasks += 1
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _run_task_simple, task, data, delay)
+        run: Any = _run_task_simple  # returns the worker's message (a TypedDict)
+        return await loop.run_in_executor(self._pool, run, task, data, delay)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait, cancel_futures=cancel_futures)
