@@ -233,7 +233,7 @@ def run_one(mode: str, args: argparse.Namespace, result_path: str) -> dict:
         # 2. groupby with a task-based shuffle of the partial aggregates, persisted
         spec = {"z": "sum", "w": "mean", "x": "max", "y": "count"}
         names = {"z": "z_sum", "w": "w_mean", "x": "x_max", "y": "events"}
-        per_id = stage("2 groupby", lambda: persist(enriched.groupby("id").agg(
+        per_id = stage("2 groupby", lambda e=enriched: persist(e.groupby("id").agg(
             spec, split_out=SPLIT_OUT, shuffle_method="tasks").rename(columns=names)))
         del enriched
         # 3. reduction, gathered
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # checks
     ok = True
-    for mode, (top, total) in results.items():
+    for mode, (_top, total) in results.items():
         if total != rows * args.partitions:
             print(f"WRONG: locality {mode} counted {total:,} events, not "
                   f"{rows * args.partitions:,}")
@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         on = runs["on"]
         ratio = _moved(on) / on["result_bytes"]
         targets["moved <= 1.01 x final result (locality on)"] = (
-            ratio <= TARGET_RATIO, f"{ratio:,.1f}x ({_mb(_moved(on))} vs {_mb(on['result_bytes'])})")
+            ratio <= TARGET_RATIO,
+            f"{ratio:,.1f}x ({_mb(_moved(on))} vs {_mb(on['result_bytes'])})")
         targets[f"client peak RSS < {TARGET_PEAK_MB:.0f} MB (locality on)"] = (
             on["peak_mb"] < TARGET_PEAK_MB, f"{on['peak_mb']:.0f} MB")
         excess = (_moved(on) - on["result_bytes"]) / on["data_bytes"]
