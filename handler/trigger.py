@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import protocol
+from . import protocol, s3errors
 
 CLAIMS = "_claims"
 DONE = "_done"
@@ -72,8 +72,7 @@ def handle_records(event: dict, context: Any) -> dict:
     return {"status": "ok", "jobs": jobs}
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+_code = s3errors.error_code  # of a botocore ClientError
 
 
 def _run_job_object(bucket: str, key: str, context: Any) -> dict:

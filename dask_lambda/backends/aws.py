@@ -35,7 +35,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3errors
 
 from ..deploy import compat, names
 from ..errors import (
@@ -55,12 +55,7 @@ _CONNECT_TIMEOUT = 10
 _FUNCTION_NAME = re.compile(r"^(arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:)?[A-Za-z0-9_-]{1,64}$")
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-
-
-def _status(exc: Exception) -> int:
-    return int(getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+_code = s3errors.error_code  # of a botocore ClientError
 
 
 def default_region() -> str | None:

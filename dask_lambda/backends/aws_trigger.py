@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_lambda_handler import protocol, trigger
+from dask_lambda_handler import protocol, s3errors, trigger
 
 from ..deploy import names
 from ..errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
@@ -46,8 +46,7 @@ class _Pending:
     extra: dict = field(default_factory=dict)
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+_code = s3errors.error_code  # of a botocore ClientError
 
 
 class TriggerDispatcher:

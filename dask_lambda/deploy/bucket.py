@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from dask_lambda_handler import s3errors
+
 from ..errors import DeployError
 from . import names
 
-
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+_code = s3errors.error_code  # of a botocore ClientError
 
 
 def exists(s3: Any, bucket: str) -> bool:

@@ -9,14 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dask_lambda_handler import s3errors
+
 from ..errors import DeployError
 from . import names
 
 _ROLE_PROPAGATION = 90.0  # seconds a new IAM role may take before Lambda can assume it
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+_code = s3errors.error_code  # of a botocore ClientError
 
 
 def get(lam: Any, function: str) -> dict | None:
