@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -196,11 +197,13 @@ def test_a_full_pool_makes_requests_wait_for_a_connection():
     assert len(peer.requests) == 6 and pool.opened == peer.connections == 2
 
 
-def _function_invoker(url: str) -> FunctionInvoker:
+def _function_invoker(url: str | None = None, *, sdk: Any = None, read_timeout: float = 120.0,
+                      on_sent: Any = lambda: None) -> FunctionInvoker:
+    direct = None if url is None else _invoker(url, read_timeout=min(5.0, read_timeout))
     return FunctionInvoker(
-        "fn", "AWS Lambda in us-east-1", direct=_invoker(url), memory=1024, timeout=60.0,
-        read_timeout=120.0, fix=lambda option, value: f"`deploy --{option} {value}`",
-        redeploy="deploy it again with `deploy`")
+        "fn", "AWS Lambda in us-east-1", direct=direct, sdk=sdk, memory=1024, timeout=60.0,
+        read_timeout=read_timeout, fix=lambda option, value: f"`deploy --{option} {value}`",
+        redeploy="deploy it again with `deploy`", on_sent=on_sent)
 
 
 def test_every_answer_becomes_the_response_or_an_error_that_names_the_fix():
@@ -254,18 +257,75 @@ def test_a_lost_connection_is_a_crash_and_nothing_sent_is_retried_then_a_crash(m
 
     monkeypatch.setattr(invoke, "CONNECT_RETRIES", 1)
 
+    sent = []
+
     async def go():
-        async with Peer(["close"]) as peer:
+        async with Peer(["close", "hang"]) as peer:
             with pytest.raises(HandlerCrashedError, match="the connection to Lambda closed"):
-                await _function_invoker(peer.url).invoke({})
+                await _function_invoker(peer.url, on_sent=lambda: sent.append("lost")).invoke({})
+            with pytest.raises(HandlerCrashedError, match=(
+                    r"^no answer from Lambda 1 s after invoking it \(the function timeout plus "
+                    r"a margin\): the connection was lost. The attempt is not re-sent")):
+                await _function_invoker(peer.url, read_timeout=0.6,
+                                        on_sent=lambda: sent.append("timeout")).invoke({})
         with contextlib.closing(__import__("socket").socket()) as s:
             s.bind(("127.0.0.1", 0))
             url = f"http://127.0.0.1:{s.getsockname()[1]}"
             with pytest.raises(HandlerCrashedError,
                                match="cannot connect to AWS Lambda in us-east-1: cannot connect"):
-                await _function_invoker(url).invoke({})
+                await _function_invoker(url, on_sent=lambda: sent.append("unsent")).invoke({})
 
     asyncio.run(go())
+    assert sent == ["lost", "timeout"]  # both may have run; nothing was sent to a closed port
+
+
+class _Sdk:
+    """An aiobotocore Lambda client's ``invoke`` that fails as ``failure`` says."""
+
+    def __init__(self, failure: Any):
+        self.failure = failure
+
+    async def invoke(self, **kwargs: Any) -> dict:
+        if isinstance(self.failure, Exception):
+            raise self.failure
+        failure = self.failure
+
+        class Payload:
+            async def read(self) -> bytes:
+                raise failure()
+
+        return {"Payload": Payload()}
+
+
+def test_the_sdk_invokers_failures_read_as_the_direct_ones(monkeypatch):
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    import dask_lambda.backends.invoke as invoke
+
+    monkeypatch.setattr(invoke, "CONNECT_RETRIES", 0)
+    url = "https://lambda.us-east-1.amazonaws.com"
+    sent = []
+    cases = [
+        (ConnectionClosedError(endpoint_url=url), "lost",
+         f"^the connection to Lambda closed: Connection was closed before we received a valid "
+         f"response from endpoint URL: \"{url}\""),
+        (ReadTimeoutError(endpoint_url=url), "timeout",
+         "^no answer from Lambda 120 s after invoking it"),
+        (ConnectionResetError, "broken",
+         r"^the connection to Lambda closed: the answer broke off: ConnectionResetError\(\)"),
+        (EndpointConnectionError(endpoint_url=url), "unsent",
+         f"^cannot connect to AWS Lambda in us-east-1: Could not connect to the endpoint URL: "
+         f"\"{url}\""),
+    ]
+    for failure, name, message in cases:
+        invoker = _function_invoker(sdk=_Sdk(failure), on_sent=lambda n=name: sent.append(n))
+        with pytest.raises(HandlerCrashedError, match=message):
+            asyncio.run(invoker.invoke({}))
+    assert sent == ["lost", "timeout", "broken"]  # an invoke that may have run is counted
 
 
 def test_auto_uses_the_sdk_where_a_proxy_applies(monkeypatch):

@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dask_lambda_handler.s3errors import error_code as error_code_of
+
 from ..errors import (
     FunctionError,
     HandlerCrashedError,
@@ -96,32 +98,37 @@ class FunctionInvoker:
         send = self._send_sdk if self.direct is None else self._send_direct
         for attempt in range(CONNECT_RETRIES + 1):
             try:
-                return await send(payload, count)
+                answer = await send(payload)
             except NothingSent as exc:
                 if attempt == CONNECT_RETRIES:  # nothing was sent: retrying was safe
                     raise HandlerCrashedError(f"cannot connect to {self.where}: {exc}") from None
                 await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+                continue
+            except ReadTimeout:  # the task may have run
+                self._sent(count)
+                raise HandlerCrashedError(
+                    f"no answer from Lambda {self.read_timeout:.0f} s after invoking it (the "
+                    "function timeout plus a margin): the connection was lost. The attempt is "
+                    "not re-sent; a new attempt writes its own result.") from None
+            except ConnectionLost as exc:  # the task may have run
+                self._sent(count)
+                raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+            self._sent(count)
+            return answer
         raise AssertionError("unreachable")
 
-    async def _send_direct(self, payload: bytes, count: bool) -> tuple[bytes, str, str, str]:
+    async def _send_direct(self, payload: bytes) -> tuple[bytes, str, str, str]:
         assert self.direct is not None
-        try:
-            resp = await self.direct.invoke(payload)
-        except ReadTimeout:
-            self._sent(count)
-            raise HandlerCrashedError(self._no_answer()) from None
-        except ConnectionLost as exc:
-            self._sent(count)
-            raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+        resp = await self.direct.invoke(payload)
         if not 200 <= resp.status < 300:
             code, message = error_code(resp)
             raise self.api_error(code, resp.status, f"{message} (HTTP {resp.status})")
-        self._sent(count)
         headers = resp.headers
         return (resp.body, headers.get("x-amz-function-error", ""),
                 headers.get("x-amz-log-result", ""), headers.get("x-amzn-requestid", "?"))
 
-    async def _send_sdk(self, payload: bytes, count: bool) -> tuple[bytes, str, str, str]:
+    async def _send_sdk(self, payload: bytes) -> tuple[bytes, str, str, str]:
+        """As `_send_direct`, through aiobotocore: its failures become `.lambda_api`'s."""
         from botocore.exceptions import (
             ConnectionClosedError,
             ConnectTimeoutError,
@@ -134,30 +141,24 @@ class FunctionInvoker:
                                          InvocationType="RequestResponse", LogType="Tail")
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             raise NothingSent(str(exc)) from None
-        except ReadTimeoutError:
-            self._sent(count)
-            raise HandlerCrashedError(self._no_answer()) from None
+        except ReadTimeoutError as exc:
+            raise ReadTimeout(str(exc)) from None
         except ConnectionClosedError as exc:
-            self._sent(count)
-            raise HandlerCrashedError(f"the connection to Lambda closed: {exc}") from None
+            raise ConnectionLost(str(exc)) from None
         except Exception as exc:
-            response = getattr(exc, "response", {})
-            code = response.get("Error", {}).get("Code", "")
-            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            raise self.api_error(code, status, str(exc)) from None
-        self._sent(count)
-        body = await resp["Payload"].read()
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPStatusCode", 0)
+            raise self.api_error(error_code_of(exc), int(status), str(exc)) from None
+        try:
+            body = await resp["Payload"].read()
+        except Exception as exc:  # the answer began: the task may have run
+            raise ConnectionLost(f"the answer broke off: {exc!r}") from None
         return (body, resp.get("FunctionError") or "", resp.get("LogResult") or "",
                 resp.get("ResponseMetadata", {}).get("RequestId", "?"))
 
     def _sent(self, count: bool) -> None:
         if count:
             self.on_sent()
-
-    def _no_answer(self) -> str:
-        return (f"no answer from Lambda {self.read_timeout:.0f} s after invoking it (the "
-                "function timeout plus a margin): the connection was lost. The attempt is not "
-                "re-sent; a new attempt writes its own result.")
 
     def api_error(self, code: str, status: int, text: str) -> Exception:
         """The typed error for an invoke the Lambda API refused (``code``, HTTP ``status``)."""
