@@ -192,6 +192,16 @@ def load_nested(blob: bytes) -> Any:
     return _unpickler(_nested_find_class, blob).load()
 
 
+def type_name(obj: Any) -> str:
+    """``module.qualname`` of ``obj``'s type: how a result's or an error's type is named.
+
+    >>> type_name(1.5)
+    'builtins.float'
+    """
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def dumps_object(obj: Any, pickler: Any = None) -> list:
     """Pickle ``obj`` (protocol 5) as frames: the pickle, then its out-of-band buffers.
 

@@ -148,7 +148,7 @@ def _error_payload(exc: BaseException) -> tuple[dict, list]:
         frames = protocol.dumps_object(None)
     header = {
         "kind": "error",
-        "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "exc_type": protocol.type_name(exc),
         "exc_text": text,
         "traceback": tb,
         "traceback_text": "".join(traceback.format_list(
@@ -249,7 +249,7 @@ def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
         return _failed(TypeError(
             f"the task's result of type {type(result).__name__} cannot be pickled to send it "
             f"back from Lambda: {exc}"))
-    typename = f"{type(result).__module__}.{type(result).__qualname__}"
+    typename = protocol.type_name(result)
     return "ok", {"kind": "result", "type": typename}, frames, _sizeof(result), typename
 
 

@@ -59,12 +59,11 @@ class SimulatedLambda:
         """The handler's response for a task that returned ``value`` (inline), sans stats."""
         from dask.sizeof import sizeof
 
+        name = protocol.type_name(value)
         frames = protocol.dumps_object(value)
-        blob = protocol.encode({"kind": "result", "type": _type_name(value)}, frames,
-                               self.config.signing_key)
+        blob = protocol.encode({"kind": "result", "type": name}, frames, self.config.signing_key)
         return {"status": "ok", "result": base64.b64encode(blob).decode(), "result_key": None,
-                "nbytes": len(blob), "size": int(sizeof(value)), "type": _type_name(value),
-                "log": None}
+                "nbytes": len(blob), "size": int(sizeof(value)), "type": name, "log": None}
 
     async def invoke(self, event: dict) -> tuple[int, dict[str, str], bytes]:
         """One invoke request: (HTTP status, headers, body) as Lambda answers."""
@@ -226,10 +225,6 @@ async def serve(config: ServerConfig) -> None:
     print(f"PORT {port}", flush=True)
     await closed
     server.close()
-
-
-def _type_name(value: Any) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def main() -> None:
