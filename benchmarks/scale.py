@@ -204,47 +204,47 @@ def run_one(name: str, args: argparse.Namespace) -> Figures:
                    lambda_stats=stats, simulator=backend.counters(), **measured)
 
 
-class Sleeper:
+def sleeper(latency: tuple[float, float], cold_start: tuple[float, float],
+            duration: float) -> Any:
     """A worker executor that runs nothing: each task waits as long as on the simulated
-    Lambda (invoke round trip, a cold start per new slot, the duration); for `run_floor`."""
+    Lambda (invoke round trip, a cold start per new slot, the duration); for `run_floor`.
+    Its ``counters`` are in the simulated Lambda's terms."""
+    import random
 
-    def __init__(self, latency: tuple[float, float], cold_start: tuple[float, float],
-                 duration: float):
-        import random
+    from dask_lambda.executor import _AsyncExecutor
 
-        from dask_lambda.executor import _AsyncExecutor
+    class Sleeper(_AsyncExecutor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = random.Random(0)
+            self.warm = 0  # slots that have run a task and are idle
+            self.in_flight = 0
+            self.counters = {"invocations": 0, "cold_starts": 0, "throttles": 0,
+                             "peak_in_flight": 0, "busy_s": 0.0}
 
-        rng = random.Random(0)
-        counters = {"invocations": 0, "cold_starts": 0, "throttles": 0, "peak_in_flight": 0,
-                    "busy_s": 0.0}
-        self.counters = counters
-        warm = [0]
-        in_flight = [0]
+        async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
+            start, counters = time.time(), self.counters
+            cold = self.warm == 0
+            busy = (self.rng.uniform(*cold_start) if cold else 0.0) + duration
+            self.warm -= not cold
+            self.in_flight += 1
+            counters["invocations"] += 1
+            counters["cold_starts"] += cold
+            counters["busy_s"] += busy
+            counters["peak_in_flight"] = max(counters["peak_in_flight"], self.in_flight)
+            await asyncio.sleep(self.rng.uniform(*latency) + busy)
+            self.in_flight -= 1
+            self.warm += 1
+            return {"op": "task-finished", "status": "OK", "result": None, "nbytes": 16,
+                    "type": None, "start": start + delay, "stop": time.time() + delay,
+                    "thread": threading.get_ident()}
 
-        class _Sleeper(_AsyncExecutor):
-            async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
-                start = time.time()
-                cold = warm[0] == 0
-                busy = (rng.uniform(*cold_start) if cold else 0.0) + duration
-                warm[0] -= not cold
-                in_flight[0] += 1
-                counters["invocations"] += 1
-                counters["cold_starts"] += cold
-                counters["busy_s"] += busy
-                counters["peak_in_flight"] = max(counters["peak_in_flight"], in_flight[0])
-                await asyncio.sleep(rng.uniform(*latency) + busy)
-                in_flight[0] -= 1
-                warm[0] += 1
-                return {"op": "task-finished", "status": "OK", "result": None, "nbytes": 16,
-                        "type": None, "start": start + delay, "stop": time.time() + delay,
-                        "thread": threading.get_ident()}
-
-        self.executor = _Sleeper()
+    return Sleeper()
 
 
 def run_floor(name: str, args: argparse.Namespace) -> Figures:
     """The same map on distributed alone: dask-lambda's scheduler settings and one worker with
-    ``concurrency`` slots whose executor only waits (`Sleeper`): no job, no invoke, no
+    ``concurrency`` slots whose executor only waits (`sleeper`): no job, no invoke, no
     result. What is left of the gap to the ideal is distributed's own cost on this machine."""
     from distributed import Client, Worker
     from distributed.deploy.spec import SpecCluster
@@ -253,14 +253,14 @@ def run_floor(name: str, args: argparse.Namespace) -> Figures:
     from dask_lambda.cluster import GatewayScheduler
 
     tasks, duration, concurrency = (QUICK if args.quick else SCENARIOS)[name]
-    sleeper = Sleeper(tuple(args.latency), tuple(args.cold_start), duration)
+    executor = sleeper(tuple(args.latency), tuple(args.cold_start), duration)
     saturation = 2.0 if args.saturation is None else args.saturation
     start = time.perf_counter()
     with gc_tuning.collect_less_often(), SpecCluster(
             scheduler={"cls": GatewayScheduler, "options": {
                 "protocol": "inproc://", "dashboard": False, "worker_saturation": saturation}},
             workers={"floor": {"cls": Worker, "options": {
-                "nthreads": concurrency, "executor": {"default": sleeper.executor},
+                "nthreads": concurrency, "executor": {"default": executor},
                 "memory_limit": 0}}}, silence_logs=logging.WARNING) as cluster, \
             Client(cluster) as client:
         startup = time.perf_counter() - start
@@ -269,7 +269,7 @@ def run_floor(name: str, args: argparse.Namespace) -> Figures:
     cold = sum(args.cold_start) / 2
     return Figures(name, tasks, duration, concurrency, ideal_s=tasks / concurrency * duration
                    + cold, startup_s=startup, peak_rss_mb=_peak_mb(), rss_before_mb=rss_before,
-                   lambda_stats={"retries": 0, "errors": 0}, simulator=sleeper.counters,
+                   lambda_stats={"retries": 0, "errors": 0}, simulator=executor.counters,
                    **measured)
 
 
