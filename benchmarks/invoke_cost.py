@@ -56,16 +56,16 @@ EVENT = {"op": "run", "bucket": "bench", "job_key": "run/jobs/abc/0123456789abcd
 
 async def _sdk_invoker(backend: SimulatedBackend, concurrency: int, stack: object
                        ) -> FunctionInvoker:
-    from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
+    from dask_lambda.backends.aws import sdk_invoke_config
+
     verify = os.path.join(backend._directory, "cert.pem") if backend.tls else None
+    direct = backend._invoker
     client = await stack.enter_async_context(get_session().create_client(  # type: ignore
         "lambda", region_name="us-east-1", endpoint_url=backend._url, verify=verify,
         aws_access_key_id="testing", aws_secret_access_key="testing",
-        config=AioConfig(read_timeout=360, connect_timeout=10, retries={"total_max_attempts": 1},
-                         max_pool_connections=concurrency)))
-    direct = backend._invoker
+        config=sdk_invoke_config(direct.read_timeout, concurrency)))
     return FunctionInvoker(backend.FUNCTION, "the simulated Lambda", sdk=client,
                            memory=direct.memory, timeout=direct.timeout,
                            read_timeout=direct.read_timeout, fix=direct.fix,

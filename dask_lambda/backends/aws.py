@@ -166,10 +166,8 @@ class AwsBackend(Backend):
             self._stack.push_async_callback(direct.close)
         else:
             sdk = await self._stack.enter_async_context(session.create_client(
-                "lambda", region_name=self.region, config=AioConfig(
-                    read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
-                    retries={"total_max_attempts": 1},  # never re-send an invoke
-                    max_pool_connections=connections)))
+                "lambda", region_name=self.region,
+                config=sdk_invoke_config(read_timeout, connections)))
         self._invoker = FunctionInvoker(
             self.function, f"AWS Lambda in {self.region}", direct=direct, sdk=sdk,
             memory=self.function_memory, timeout=self.function_timeout,
@@ -324,6 +322,15 @@ class AwsBackend(Backend):
         if (response.get("stats") or {}).get("cold"):
             self.cold_starts += 1
         return response
+
+
+def sdk_invoke_config(read_timeout: float, connections: int) -> Any:
+    """The aiobotocore config of the ``sdk`` invoke client: ``connections`` pooled, nothing
+    re-sends an invoke, and it waits ``read_timeout`` seconds for an answer."""
+    from aiobotocore.config import AioConfig
+
+    return AioConfig(read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
+                     retries={"total_max_attempts": 1}, max_pool_connections=connections)
 
 
 def _proxied(url: str, configured: dict | None) -> bool:
