@@ -155,7 +155,10 @@ def test_simulated_run_keeps_lambdas_rules(s3_endpoint, model):
 
 def test_throttled_invokes_are_retried_and_the_client_settles_on_the_account_limit(
         s3_endpoint, model):
-    limited = dataclasses.replace(model, account_concurrency=60)
+    # Lambda's scaling rate high enough that every 429 is the account limit's: at 50 per
+    # 0.25 s, latency jitter at the window's edge gave scaling 429s (0-50 a run), the client
+    # backed off below 60, and the account limit refused as few as 1 (in 25 runs) or none.
+    limited = dataclasses.replace(model, account_concurrency=60, scaling_rate=1000)
     backend = SimulatedBackend(limited, s3_endpoint=s3_endpoint)
     with LambdaClient("s3://t-simulated/run", backend=backend, concurrency=100,
                       dashboard_address=None, set_as_default=False) as client:
