@@ -221,7 +221,8 @@ class LambdaCluster(SpecCluster):
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
-                self.backend, self.store, self.layout, signing_key=self.settings.signing_key,
+                self.backend, self.store, self.layout,
+                signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 inline_max=self._inline_max, retries=self._retries, locality=self._locality,
                 max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
                 cost=self.cost)

@@ -225,7 +225,7 @@ class LambdaExecutor(_AsyncExecutor):
     layout
         Key layout of this run.
     signing_key
-        HMAC key shared with the function.
+        The run's HMAC key (`protocol.run_key` of the key shared with the function).
     inline_max
         Jobs and outputs up to this many encoded bytes travel in the invoke request/response.
     retries
@@ -294,7 +294,10 @@ class LambdaExecutor(_AsyncExecutor):
             frames = serialize.dumps((task, (data,), {}))
         except Exception as exc:
             return self._erred(key, serialize.unpicklable(key, exc), None, "", start, delay)
-        parts = protocol.encode_parts({"kind": "job", "key": str(key)}, frames, self.signing_key)
+        token = protocol.task_token(key) + f"-{next(self._seq)}"
+        at = protocol.identity(self.layout.bucket, self.layout.job_key(token, 0))
+        parts = protocol.encode_parts({"kind": "job", "key": str(key)}, frames, self.signing_key,
+                                      at)
         del frames, data
         prefixes = batching.group_prefixes(task)
         if prefixes is None:
@@ -303,8 +306,9 @@ class LambdaExecutor(_AsyncExecutor):
             self.stats.batches += 1
             self.stats.batched_tasks += len(prefixes)
         try:
-            outcome = await self._call(protocol.task_token(key) + f"-{next(self._seq)}", parts,
-                                       key, prefixes)
+            outcome = await self._call(token, parts, key, prefixes)
+        except protocol.PayloadError as exc:  # a tampered or misplaced object: never retried
+            return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start, delay)
         except DaskLambdaError as exc:
             advice = ""
             if len(prefixes) > 1 and isinstance(exc, (LambdaTimeoutError,
@@ -363,7 +367,7 @@ class LambdaExecutor(_AsyncExecutor):
                 event["result_key"] = self.layout.result_key(token, attempt)
                 try:
                     response = await self._invoke(event, key, memory, prefixes)
-                    return await self._outcome(response)
+                    return await self._outcome(response, event["result_key"])
                 except (HandlerCrashedError, ResultLostError) as exc:
                     if attempt >= self.retries:
                         raise type(exc)(f"{exc} Gave up after {attempt + 1} attempts "
@@ -461,11 +465,15 @@ class LambdaExecutor(_AsyncExecutor):
             self.logs.popitem(last=False)
         task_log.info("%s (request %s):\n%s", key, stats.get("request_id"), text.rstrip())
 
-    async def _outcome(self, response: dict) -> protocol.Payload | protocol.ObjectRef:
+    async def _outcome(self, response: dict, result_key: str
+                       ) -> protocol.Payload | protocol.ObjectRef:
+        """The attempt's output: decoded when it came inline (it stands for ``result_key``)
+        or is an error, else a reference to the output object the handler wrote."""
         if response.get("result") is not None:
             blob = bytearray(base64.b64decode(response["result"]))
             self.stats.bytes_received += len(blob)
-            return protocol.decode(blob, self.signing_key)
+            return protocol.decode(blob, self.signing_key,
+                                   protocol.identity(self.layout.bucket, result_key))
         ref = protocol.ObjectRef(self.layout.bucket, response["result_key"], response["nbytes"],
                                  response.get("size") or 0, response.get("type") or "")
         if response["status"] == "error" or not self.locality:
@@ -483,7 +491,7 @@ class LambdaExecutor(_AsyncExecutor):
         self.stats.bytes_received += len(blob)
         if release:
             self._garbage.append(ref.key)
-        return protocol.decode(blob, self.signing_key)
+        return protocol.decode(blob, self.signing_key, protocol.identity(ref.bucket, ref.key))
 
     async def load(self, refs: Iterable[protocol.ObjectRef]) -> dict:
         """Values of outputs kept in S3 (for the client's gather); the objects stay."""

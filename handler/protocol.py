@@ -6,13 +6,19 @@ a payload is built or opened).
 
 Key layout, under the user's prefix ``P`` (may be empty)::
 
-    P/jobs/<run>/<task-token>-a<attempt>.job       job objects (the S3-trigger filter is P/jobs/)
-    P/results/<run>/<task-token>-a<attempt>.out    outputs and errors
-    P/runs/<run>.json                              a live client's marker, rewritten as heartbeat
+    P/jobs/<run>/<hh>/<task>-a<attempt>.job       job objects (the S3-trigger filter is P/jobs/)
+    P/results/<run>/<hh>/<task>-a<attempt>.out    outputs and errors
+    P/results/<run>/_claims/<hh>/<task>-a<n>.out  S3-trigger mode: a job's claim
+    P/results/<run>/_done/<hh>/<task>-a<n>.out.json   S3-trigger mode: its completion record
+    P/runs/<run>.json                             a live client's marker, rewritten as heartbeat
 
 A *run* is one client's lifetime; everything it wrote lives below its run id,
 so clean-up is "delete two prefixes".  Keys include the attempt number, so a
 retried or duplicated attempt can never overwrite another attempt's output.
+``<hh>`` is two hex digits of the task key's hash: S3 sustains about 3,500 writes a
+second per partitioned prefix and answers 503 SlowDown beyond it
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html),
+so a burst of short tasks spreads its writes over 256 prefixes that S3 can split.
 
 Payload format (job and result alike)::
 
@@ -22,10 +28,18 @@ Payload format (job and result alike)::
 Frame 0 is a pickle (protocol 5, cloudpickle) whose large buffers (numpy and
 pandas memory, bytes) are carried out-of-band as frames 1..n, so they are
 never copied into the pickle stream, which is how ``distributed`` serializes
-the same types.  The HMAC covers everything after it and is keyed with a
-secret the client and the function share and that is never written to the
-bucket: a payload whose signature does not verify is rejected before
-anything is unpickled.
+the same types.  The HMAC covers everything after it and is keyed with the
+run's key (`run_key`: derived from a secret the client and the function share
+and that is never written to the bucket, and the run id): a payload whose
+signature does not verify is rejected before anything is unpickled.
+
+Every payload is also bound to where it belongs: its header's ``id`` is the
+`identity` of the S3 object it is written to (or, travelling inline in an invoke
+request or response, the object it stands for), and every reader says which
+object it expects.  A signed payload copied over another object, or replayed
+from another attempt or run, is refused before it is unpickled
+(`MisplacedPayloadError`), so write access to the bucket is not enough to change
+what a computation returns.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"DLJ1"
 _DIGEST = hashlib.sha256
 _MAC_LEN = 32
@@ -58,6 +72,11 @@ class PayloadError(Exception):
     """A payload is malformed, of another protocol version, or fails its signature."""
 
 
+class MisplacedPayloadError(PayloadError):
+    """A correctly signed payload was found where another one belongs (copied over it, or
+    replayed from another attempt or run); it was refused before anything was unpickled."""
+
+
 # ---------------------------------------------------------------------------
 # Keys
 # ---------------------------------------------------------------------------
@@ -66,13 +85,46 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def task_token(key: Any) -> str:
-    """A short, S3-safe, unique token for a Dask task key.
+    """A short, S3-safe, unique token for a Dask task key: ``<hh>/<readable>-<hash>``.
 
-    The readable part helps a person browsing the bucket; the hash makes it unique.
+    The readable part helps a person browsing the bucket; the hash makes it unique, and
+    its first two hex digits lead as a folder of their own, which spreads a run's keys over
+    256 prefixes (see the module docstring).
     """
     text = str(key)
     head = _UNSAFE.sub("_", text)[:48].strip("_") or "task"
-    return f"{head}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha1(text.encode()).hexdigest()
+    return f"{digest[:2]}/{head}-{digest[2:16]}"
+
+
+def identity(bucket: str, key: str) -> str:
+    """What a signed payload is bound to: the S3 object it is written to, or stands for.
+
+    >>> identity("b", "dask/results/0123/ab/x-a0.out")
+    's3://b/dask/results/0123/ab/x-a0.out'
+    """
+    return f"s3://{bucket}/{key}"
+
+
+def run_key(deployment_key: bytes, run: str) -> bytes:
+    """The key a run's payloads are signed with: derived from the key the client and the
+    function share and the run id, so a payload of one run never verifies in another."""
+    return hmac.new(deployment_key, b"dask-lambda run " + run.encode(), _DIGEST).digest()
+
+
+_RUN_OF = re.compile(rf"(?:^|/)(?:{JOBS}|{RESULTS})/([0-9a-f]+)/[^/]")
+
+
+def run_of(key: str) -> str:
+    """The run id of a job or result key (the last ``jobs/<run>/`` or ``results/<run>/``).
+
+    >>> run_of("dask/jobs/0123abcd/ab/x-a0.job")
+    '0123abcd'
+    """
+    found = _RUN_OF.findall(key)
+    if not found:
+        raise PayloadError(f"not a dask-lambda job or result key: {key!r}")
+    return str(found[-1])
 
 
 @dataclass(frozen=True)
@@ -121,10 +173,39 @@ class Layout:
         return (f"{self.jobs_root}{self.run}/", f"{self.results_root}{self.run}/")
 
     def job_key(self, token: str, attempt: int) -> str:
+        """Key of a job object (``token`` from `task_token`, plus any suffix)."""
         return f"{self.jobs_root}{self.run}/{token}-a{attempt}.job"
 
     def result_key(self, token: str, attempt: int) -> str:
+        """Key of an attempt's output object."""
         return f"{self.results_root}{self.run}/{token}-a{attempt}.out"
+
+    @property
+    def done_prefix(self) -> str:
+        """Prefix of the run's S3-trigger completion records (what the client lists)."""
+        return f"{self.results_root}{self.run}/{DONE}/"
+
+
+#: Folders beside a run's outputs (S3-trigger mode): a job's claim, its completion record.
+CLAIMS = "_claims"
+DONE = "_done"
+
+
+def state_keys(result_key: str) -> tuple[str, str]:
+    """The claim and completion-record keys of an S3-trigger attempt's result key.
+
+    Both go below the run, under ``_claims/`` and ``_done/``, keeping the rest of the key,
+    so the client finds every record of its run with one listing of `Layout.done_prefix`.
+
+    >>> state_keys("p/results/0123/ab/x-a0.trigger.out")
+    ('p/results/0123/_claims/ab/x-a0.trigger.out', 'p/results/0123/_done/ab/x-a0.trigger.out.json')
+    """
+    run = run_of(result_key)
+    head, sep, rest = result_key.rpartition(f"{RESULTS}/{run}/")
+    if not sep:
+        raise PayloadError(f"not a dask-lambda result key: {result_key!r}")
+    base = f"{head}{sep}"
+    return f"{base}{CLAIMS}/{rest}", f"{base}{DONE}/{rest}.json"
 
 
 def result_key_for_job(job_key: str) -> str:
@@ -225,10 +306,13 @@ def dumps_object(obj: Any, pickler: Any = None) -> list:
     return [f.getbuffer()] + [b.raw() for b in buffers]
 
 
-def encode_parts(header: dict, frames: Iterable, key: bytes) -> list:
-    """A signed payload as a list of buffers, without joining them (no copy of large frames)."""
+def encode_parts(header: dict, frames: Iterable, key: bytes, at: str) -> list:
+    """A signed payload as a list of buffers, without joining them (no copy of large frames).
+
+    ``at`` is the payload's `identity`: the object it is written to, or stands for.
+    """
     frames = [f if isinstance(f, bytes) else memoryview(f).cast("B") for f in frames]
-    header = dict(header, v=PROTOCOL_VERSION, lengths=[len(f) for f in frames])
+    header = dict(header, v=PROTOCOL_VERSION, id=at, lengths=[len(f) for f in frames])
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     body = [_LEN.pack(len(hbytes)), hbytes, *frames]
     mac = hmac.new(key, digestmod=_DIGEST)
@@ -237,9 +321,9 @@ def encode_parts(header: dict, frames: Iterable, key: bytes) -> list:
     return [MAGIC + mac.digest(), *body]
 
 
-def encode(header: dict, frames: Iterable, key: bytes) -> bytes:
-    """A signed payload as one bytes object (for small payloads)."""
-    return b"".join(encode_parts(header, frames, key))
+def encode(header: dict, frames: Iterable, key: bytes, at: str) -> bytes:
+    """A signed payload as one bytes object (for small payloads); see `encode_parts`."""
+    return b"".join(encode_parts(header, frames, key, at))
 
 
 def parts_size(parts: Iterable) -> int:
@@ -315,21 +399,26 @@ class ObjectRef:
     type: str
 
 
-def decode(data: bytes | bytearray | memoryview, key: bytes) -> Payload:
-    """Verify and split a payload. Raises `PayloadError` before anything is unpickled."""
+def decode(data: bytes | bytearray | memoryview, key: bytes, at: str) -> Payload:
+    """Verify and split the payload expected at `identity` ``at``.
+
+    Raises `PayloadError` (`MisplacedPayloadError` for a payload that belongs elsewhere)
+    before anything is unpickled.
+    """
     view = memoryview(data)
     if len(view) < 4 + _MAC_LEN + 4 or bytes(view[:4]) != MAGIC:
         raise PayloadError(
-            "not a dask-lambda payload (bad magic bytes): the object was not written by "
-            "dask-lambda, or by an incompatible version"
+            f"refused {at}: not a dask-lambda payload (bad magic bytes): it was not written "
+            "by dask-lambda, or by an incompatible version"
         )
     mac = bytes(view[4 : 4 + _MAC_LEN])
     body = view[4 + _MAC_LEN :]
     expected = hmac.new(key, body, _DIGEST).digest()
     if not hmac.compare_digest(mac, expected):
         raise PayloadError(
-            "payload signature does not verify: it was altered, or signed with another "
-            f"key. The client and the function must share the same ${SIGNING_KEY_ENV}."
+            f"refused {at}: its signature does not verify: it was altered, truncated or "
+            "signed with another key. Nothing was unpickled. The client and the function must "
+            f"share the same ${SIGNING_KEY_ENV}."
         )
     (hlen,) = _LEN.unpack(body[:4])
     header = json.loads(bytes(body[4 : 4 + hlen]))
@@ -338,11 +427,19 @@ def decode(data: bytes | bytearray | memoryview, key: bytes) -> Payload:
             f"payload protocol version {header.get('v')} != {PROTOCOL_VERSION}: "
             "the client and the deployed handler are different dask-lambda versions"
         )
+    if header.get("id") != at:
+        raise MisplacedPayloadError(
+            f"refused {at}: it holds a correctly signed payload that belongs to "
+            f"{header.get('id')!r} (copied over this object, or replayed from another attempt "
+            "or run). Nothing was unpickled. Someone with write access to the bucket is "
+            "tampering with it: restrict s3:PutObject on the prefix to this client and the "
+            "function's role."
+        )
     frames = []
     offset = 4 + hlen
     for n in header["lengths"]:
         frames.append(body[offset : offset + n])
         offset += n
     if offset != len(body):
-        raise PayloadError("payload length does not match its header (truncated object?)")
+        raise PayloadError(f"refused {at}: its length does not match its header (truncated?)")
     return Payload(header, frames)

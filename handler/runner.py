@@ -93,6 +93,21 @@ def _signing_key() -> bytes:
     return bytes.fromhex(value)
 
 
+_RUN_KEYS: dict[str, bytes] = {}
+
+
+def run_key(key: str) -> bytes:
+    """The signing key of the run that job or result ``key`` belongs to (cached: a warm
+    environment serves many tasks of few runs)."""
+    run = protocol.run_of(key)
+    found = _RUN_KEYS.get(run)
+    if found is None:
+        if len(_RUN_KEYS) > 64:
+            _RUN_KEYS.clear()
+        found = _RUN_KEYS[run] = protocol.run_key(_signing_key(), run)
+    return found
+
+
 def versions() -> dict:
     """What this execution environment runs, for the client's version check."""
     from importlib.metadata import PackageNotFoundError, version
@@ -157,8 +172,9 @@ def _error_payload(exc: BaseException) -> tuple[dict, list]:
     return header, frames
 
 
-def _resolve(args: tuple) -> tuple:
-    """Replace `ObjectRef` inputs (top-level, or values of a top-level dict) by their values."""
+def _resolve(args: tuple, key: bytes) -> tuple:
+    """Replace `ObjectRef` inputs (top-level, or values of a top-level dict) by their values,
+    each verified as the object it names (signed with the run's ``key``)."""
     refs: dict = {}
     for a in args:
         for v in (a.values() if isinstance(a, dict) else (a,)):
@@ -168,8 +184,6 @@ def _resolve(args: tuple) -> tuple:
         return args
     from concurrent.futures import ThreadPoolExecutor
 
-    key = _signing_key()
-
     def load(ref: protocol.ObjectRef) -> Any:
         try:
             raw = s3io.get(_s3(), ref.bucket, ref.key, _transfer_concurrency())
@@ -178,7 +192,8 @@ def _resolve(args: tuple) -> tuple:
                 f"input s3://{ref.bucket}/{ref.key} of this task was deleted before it was read "
                 "(by hand, or by a lifecycle rule shorter than the computation): recompute the "
                 "graph; if it keeps happening, lengthen the bucket's lifecycle expiry") from None
-        return protocol.decode(raw, key).load(_find_class)
+        expected = protocol.identity(ref.bucket, ref.key)
+        return protocol.decode(raw, key, expected).load(_find_class)
 
     with ThreadPoolExecutor(min(16, len(refs))) as pool:
         values = dict(zip(refs, pool.map(load, refs), strict=True))
@@ -259,13 +274,13 @@ def _run(event: dict, context: Any) -> dict:
     t0 = time.time()
     counts0 = s3io.COUNTS.copy()
     captured: dict = {}
-    key = _signing_key()
     bucket = event["bucket"]
+    key = run_key(event["job_key"])
     if event.get("job") is not None:
         raw = bytearray(base64.b64decode(event["job"]))
     else:
         raw = s3io.get(_s3(), bucket, event["job_key"], _transfer_concurrency())
-    job = protocol.decode(raw, key)
+    job = protocol.decode(raw, key, protocol.identity(bucket, event["job_key"]))
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
     t1 = time.time()
@@ -276,7 +291,8 @@ def _run(event: dict, context: Any) -> dict:
         status, header, frames, size, typename = _failed(exc)
     else:
         del raw, job
-        args = _resolve(args)  # a missing input raises out of the handler: not the task's fault
+        # a missing input raises out of the handler: not the task's fault
+        args = _resolve(args, key)
         t1 = time.time()
         status, header, frames, size, typename = _execute(func, args, kwargs, captured)
         del func, args, kwargs
@@ -290,7 +306,8 @@ def _run(event: dict, context: Any) -> dict:
         "pid": os.getpid(),
     }
     header["stats"] = stats
-    parts = protocol.encode_parts(header, frames, key)
+    at = protocol.identity(bucket, event["result_key"])  # also when it travels inline
+    parts = protocol.encode_parts(header, frames, key, at)
     nbytes = protocol.parts_size(parts)
     max_output = event.get("max_output")
     if status == "ok" and max_output is not None and nbytes > int(max_output):
@@ -300,7 +317,7 @@ def _run(event: dict, context: Any) -> dict:
             "inside the task and return its path), or raise the limit: "
             f"LambdaClient(..., max_output={2 * nbytes}) or DASK_LAMBDA__MAX_OUTPUT"))
         header["stats"] = stats
-        parts = protocol.encode_parts(header, frames, key)
+        parts = protocol.encode_parts(header, frames, key, at)
         nbytes = protocol.parts_size(parts)
     response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
                       "stats": stats, "result": None, "result_key": None,

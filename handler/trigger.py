@@ -6,12 +6,12 @@ bucket's notification invokes the function with an S3 event.  For each record
 the handler
 
 1. derives the result key with :func:`protocol.result_key_for_job`;
-2. claims the job by creating ``P/results/<run>/_claims/<name>`` with
+2. claims the job by creating ``P/results/<run>/_claims/<hh>/<name>`` with
    ``If-None-Match: *``: S3 delivers notifications at least once and Lambda
    retries asynchronous invocations, so a second delivery of the same job finds
    the claim and does nothing (a job runs at most once per attempt key);
 3. runs it like an ``op: run`` event (the output always goes to S3);
-4. writes a signed completion record ``P/results/<run>/_done/<name>.json``
+4. writes a signed completion record ``P/results/<run>/_done/<hh>/<name>.json``
    holding the run's response (or the handler's error), which the client lists.
 
 The handler never writes under the jobs prefix (`refuse_jobs_prefix` checks
@@ -29,19 +29,7 @@ from typing import Any
 
 from . import protocol, s3errors
 
-CLAIMS = "_claims"
-DONE = "_done"
-
-
-def state_keys(result_key: str) -> tuple[str, str]:
-    """The claim and completion-record keys of a result key (both beside it, under results/)."""
-    head, _, name = result_key.rpartition("/")
-    return f"{head}/{CLAIMS}/{name}", f"{head}/{DONE}/{name}.json"
-
-
-def done_prefix(results_root: str, run: str) -> str:
-    """Prefix of a run's completion records (what the client lists)."""
-    return f"{results_root}{run}/{DONE}/"
+state_keys = protocol.state_keys
 
 
 def refuse_jobs_prefix(key: str, job_key: str | None) -> None:
@@ -124,7 +112,7 @@ def _write_done(client: Any, bucket: str, key: str, record: dict) -> None:
     from . import runner
 
     try:
-        body = protocol.encode(record, [], runner._signing_key())
+        body = protocol.encode(record, [], runner.run_key(key), protocol.identity(bucket, key))
     except protocol.PayloadError:  # no signing key: an unsigned record can only report an error
         body = json.dumps({"kind": "done", "error": record.get("error") or {
             "errorType": "PayloadError", "errorMessage": "the function has no signing key"}}

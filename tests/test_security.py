@@ -16,11 +16,14 @@ from dask_lambda.errors import FunctionError
 from dask_lambda.serialize import dumps
 
 KEY = bytes(range(32))
+RUN = "0123456789ab"
+RUN_KEY = protocol.run_key(KEY, RUN)
 
 
-def _job(func, *args, key=KEY):
+def _job(func, *args, key=RUN_KEY, at="jobs/0123456789ab/00/t-a0.job", bucket="t-security"):
     frames = dumps((func, args, {}))  # the client's serializer: this test module goes by value
-    return protocol.encode({"kind": "job", "key": "t"}, frames, key)
+    return protocol.encode({"kind": "job", "key": "t"}, frames, key,
+                           protocol.identity(bucket, at))
 
 
 def _touch(path):
@@ -56,23 +59,27 @@ def test_tampered_or_foreign_jobs_are_rejected_and_not_run(s3_endpoint, s3, buck
     good = _job(_touch, marker)
     tampered = bytearray(good)
     tampered[-5] ^= 0xFF  # one flipped bit in the pickle
-    s3.put_object(Bucket=bucket, Key="jobs/r/tampered.job", Body=bytes(tampered))
-    s3.put_object(Bucket=bucket, Key="jobs/r/foreign.job",
-                  Body=_job(_touch, marker, key=b"x" * 32))
-    s3.put_object(Bucket=bucket, Key="jobs/r/raw.job",
+    jobs = f"jobs/{RUN}/00"
+    s3.put_object(Bucket=bucket, Key=f"{jobs}/tampered.job", Body=bytes(tampered))
+    s3.put_object(Bucket=bucket, Key=f"{jobs}/foreign.job",
+                  Body=_job(_touch, marker, key=b"x" * 32, at=f"{jobs}/foreign.job"))
+    s3.put_object(Bucket=bucket, Key=f"{jobs}/raw.job",
                   Body=cloudpickle.dumps((_touch, (marker,), {})))
     base = {"op": "run", "bucket": bucket, "inline_max": 10_000}
-    events = [dict(base, job_key=f"jobs/r/{n}.job", result_key=f"results/r/{n}.out")
+    events = [dict(base, job_key=f"{jobs}/{n}.job", result_key=f"results/{RUN}/00/{n}.out")
               for n in ("tampered", "foreign", "raw")]
-    events.append(dict(base, job_key="jobs/r/inline.job", result_key="results/r/inline.out",
+    events.append(dict(base, job_key=f"{jobs}/inline.job",
+                       result_key=f"results/{RUN}/00/inline.out",
                        job=base64.b64encode(bytes(tampered)).decode()))
     results = asyncio.run(_invoke_all(s3_endpoint, s3, events))
 
-    for exc in results[:2] + results[3:]:
+    for exc, name in zip(results[:2] + results[3:], ("tampered", "foreign", "inline"),
+                         strict=True):
         assert isinstance(exc, FunctionError)
         assert exc.error_type == "PayloadError"
-        assert ("payload signature does not verify: it was altered, or signed with another key"
-                in str(exc))
+        assert (f"PayloadError: refused s3://{bucket}/{jobs}/{name}.job: its signature does "
+                "not verify: it was altered, truncated or signed with another key. Nothing was "
+                "unpickled." in str(exc))
     assert isinstance(results[2], FunctionError)
     assert "not a dask-lambda payload (bad magic bytes)" in str(results[2])
     assert not os.path.exists(marker)  # nothing was unpickled, nothing ran
@@ -80,16 +87,19 @@ def test_tampered_or_foreign_jobs_are_rejected_and_not_run(s3_endpoint, s3, buck
 
 def test_signed_job_runs_and_result_is_signed(s3_endpoint, s3, bucket, tmp_path):
     marker = str(tmp_path / "ran")
-    event = {"op": "run", "bucket": bucket, "job_key": "jobs/r/ok.job",
-             "result_key": "results/r/ok.out", "inline_max": 0,
-             "job": base64.b64encode(_job(_touch, marker)).decode()}
+    job_key, result_key = f"jobs/{RUN}/00/ok.job", f"results/{RUN}/00/ok.out"
+    event = {"op": "run", "bucket": bucket, "job_key": job_key, "result_key": result_key,
+             "inline_max": 0, "job": base64.b64encode(_job(_touch, marker, at=job_key)).decode()}
     [response] = asyncio.run(_invoke_all(s3_endpoint, s3, [event]))
-    assert response["status"] == "ok" and response["result_key"] == "results/r/ok.out"
+    assert response["status"] == "ok" and response["result_key"] == result_key
     assert os.path.exists(marker)
-    blob = s3.get_object(Bucket=bucket, Key="results/r/ok.out")["Body"].read()
-    assert protocol.decode(blob, KEY).load() == "ran"
+    blob = s3.get_object(Bucket=bucket, Key=result_key)["Body"].read()
+    at = protocol.identity(bucket, result_key)
+    assert protocol.decode(blob, RUN_KEY, at).load() == "ran"
     with pytest.raises(protocol.PayloadError, match="signature does not verify"):
-        protocol.decode(blob, b"y" * 32)
+        protocol.decode(blob, b"y" * 32, at)
+    with pytest.raises(protocol.PayloadError, match="signature does not verify"):
+        protocol.decode(blob, KEY, at)  # the deployment key itself signs nothing
     assert response["stats"]["pid"] != os.getpid()
 
 

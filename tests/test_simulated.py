@@ -26,8 +26,8 @@ SETTINGS = FunctionSettings(concurrency=4, memory=1024, timeout=1.0, signing_key
 
 
 def _attempt(event: dict) -> str:
-    """The result key's file name: the task's token, a sequence number and the attempt."""
-    return event["result_key"].rsplit("/", 1)[1]
+    """The result key's end: the task's token, a sequence number and the attempt."""
+    return "/".join(event["result_key"].rsplit("/", 2)[1:])
 
 
 def _max_in_window(times: list[float], period: float) -> int:
@@ -38,6 +38,15 @@ def _max_in_window(times: list[float], period: float) -> int:
             start += 1
         most = max(most, end - start + 1)
     return most
+
+
+RUN = "0123456789ab"
+
+
+def _event(n: int = 0) -> dict:
+    """A run event as the gateway sends it."""
+    return {"op": "run", "bucket": "b", "job_key": f"jobs/{RUN}/00/x{n}-a0.job",
+            "result_key": f"results/{RUN}/00/x{n}-a0.out"}
 
 
 def _run_backend(model: LambdaModel, events: list[dict]) -> tuple[list, SimulatedBackend]:
@@ -56,11 +65,12 @@ def _run_backend(model: LambdaModel, events: list[dict]) -> tuple[list, Simulate
 
 def test_backend_answers_with_a_signed_result_in_the_handlers_shape():
     (response,), backend = _run_backend(LambdaModel(invoke_latency=0.001, cold_start=0.002),
-                                        [{"op": "run", "result_key": "r/x-a0.out"}])
+                                        [_event()])
     assert response["status"] == "ok" and response["result_key"] is None
     blob = base64.b64decode(response["result"])
     assert len(blob) == response["nbytes"]
-    payload = protocol.decode(blob, KEY)
+    payload = protocol.decode(blob, protocol.run_key(KEY, RUN),
+                              protocol.identity("b", _event()["result_key"]))
     assert payload.header["kind"] == "result" and payload.load() is None
     assert response["stats"]["cold"] is True and response["stats"]["duration_s"] == 0.0
     assert backend.counters()["cold_starts"] == 1
@@ -69,14 +79,14 @@ def test_backend_answers_with_a_signed_result_in_the_handlers_shape():
 def test_backend_refuses_past_the_account_concurrency_and_the_scaling_rate():
     slow = LambdaModel(invoke_latency=0.0, cold_start=0.0, duration=constant(0.05),
                        account_concurrency=3)
-    results, backend = _run_backend(slow, [{} for _ in range(5)])
+    results, backend = _run_backend(slow, [_event(n) for n in range(5)])
     assert sum(isinstance(r, LambdaThrottledError) for r in results) == 2
     assert backend.counters()["throttles_concurrency"] == 2
     assert backend.counters()["peak_in_flight"] == 3
 
     ramp = LambdaModel(invoke_latency=0.0, cold_start=0.0, duration=constant(0.05),
                        scaling_rate=2, scaling_period=60.0)
-    results, backend = _run_backend(ramp, [{} for _ in range(4)])
+    results, backend = _run_backend(ramp, [_event(n) for n in range(4)])
     assert sum(isinstance(r, LambdaThrottledError) for r in results) == 2
     assert "scaling limit" in str(next(r for r in results if isinstance(r, Exception)))
     assert backend.counters()["environments"] == 2
@@ -84,7 +94,7 @@ def test_backend_refuses_past_the_account_concurrency_and_the_scaling_rate():
 
 def test_backend_times_out_like_lambda():
     model = LambdaModel(invoke_latency=0.0, cold_start=0.0, duration=constant(5.0))
-    (result,), backend = _run_backend(model, [{}])
+    (result,), backend = _run_backend(model, [_event()])
     assert isinstance(result, LambdaTimeoutError)
     assert "timeout=2" in str(result)  # the message shows the corrected call
     assert backend.counters()["environments"] == 1

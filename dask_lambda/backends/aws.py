@@ -183,7 +183,8 @@ class AwsBackend(Backend):
                     max_pool_connections=max(10, min(256, self.settings.concurrency)))))
             await self._check_trigger(s3)
             self._trigger = TriggerDispatcher(
-                s3, self.layout, signing_key=self.settings.signing_key,
+                s3, self.layout,
+                signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
                 deploy=self.deploy)
 

@@ -59,7 +59,7 @@ class TriggerDispatcher:
     layout
         The run's key layout.
     signing_key
-        Key that completion records are signed with.
+        The run's key (`protocol.run_key`), that completion records are signed with.
     timeout
         The function's timeout, seconds.
     grace
@@ -77,7 +77,7 @@ class TriggerDispatcher:
         self.grace = grace
         self.function = function
         self.deploy = deploy
-        self.done_prefix = trigger.done_prefix(layout.results_root, layout.run)
+        self.done_prefix = layout.done_prefix
         self._pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task | None = None
@@ -172,14 +172,17 @@ class TriggerDispatcher:
             resp = await self.s3.get_object(Bucket=self.layout.bucket, Key=done_key)
             async with resp["Body"] as body:
                 blob = await body.read()
-            pending.future.set_result(self._response(blob))
+            pending.future.set_result(self._response(blob, done_key))
         except Exception as exc:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
-    def _response(self, blob: bytes) -> dict:
+    def _response(self, blob: bytes, done_key: str) -> dict:
+        at = protocol.identity(self.layout.bucket, done_key)
         try:
-            record = protocol.decode(blob, self.signing_key).header
+            record = protocol.decode(blob, self.signing_key, at).header
+        except protocol.MisplacedPayloadError:
+            raise
         except protocol.PayloadError as exc:
             try:  # an unsigned record can only report that the handler failed
                 record = {"error": json.loads(blob)["error"]}
