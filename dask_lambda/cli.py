@@ -74,6 +74,14 @@ def _cleanup(args: argparse.Namespace) -> int:
 
     bucket, prefix = parse_bucket(args.bucket)
     older_than = float(config.get("stale-after", args.older_than))
+    heartbeat = float(config.get("heartbeat"))
+    if not older_than >= runs.MIN_STALE_BEATS * heartbeat:
+        print(f"dask-lambda cleanup: --older-than {older_than:g} would delete the objects of "
+              f"clients that are still running (they rewrite their marker every {heartbeat:g} "
+              f"s): use at least {runs.MIN_STALE_BEATS} heartbeats, e.g. "
+              f"`dask-lambda cleanup --bucket {args.bucket} --older-than "
+              f"{max(3600.0, runs.MIN_STALE_BEATS * heartbeat):g}`", file=sys.stderr)
+        return 2
 
     async def go() -> dict[str, int]:
         store = S3Store(bucket, endpoint_url=args.endpoint_url, region=args.region)
@@ -81,7 +89,7 @@ def _cleanup(args: argparse.Namespace) -> int:
         try:
             await store.check_bucket()
             return await runs.cleanup_stale_runs(
-                store, protocol.Layout(bucket, prefix, "cleanup"), older_than)
+                store, protocol.Layout(bucket, prefix, "cleanup"), older_than, heartbeat)
         finally:
             await store.close()
 

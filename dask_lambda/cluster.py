@@ -8,7 +8,6 @@ worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -27,11 +26,18 @@ from distributed.worker import DEFAULT_METRICS
 from . import config, runs
 from .backends.base import Backend, FunctionSettings
 from .cost import CostMeter
+from .deploy.names import bucket_url
 from .errors import ConfigurationError
 from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
 from .store import S3Store
+from .while_open import EnvironmentLayers
 
 BACKENDS = ("local", "aws")
+logger = logging.getLogger("dask_lambda")
+#: Seconds a clean-up step of `LambdaCluster.close` may take (S3 unreachable: botocore's
+#: retries would take minutes); and a stop of processes or connections.
+_CLEANUP_TIMEOUT = 30.0
+_STOP_TIMEOUT = 15.0
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -187,7 +193,8 @@ class LambdaCluster(SpecCluster):
         self._stale_after = float(config.get("stale-after", stale_after))
         self._heartbeat_task: Any = None
         self.stale_runs_removed: dict[str, int] = {}
-        self._saved_env: dict[str, str | None] = {}
+        self._env_layer: int | None = None
+        self._marker_written = False
         self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
 
         dashboard = config.get("dashboard-address", dashboard_address)
@@ -216,8 +223,9 @@ class LambdaCluster(SpecCluster):
             await self.store.start()
             await self.store.check_bucket(create=self.backend.creates_bucket)
             await runs.write_marker(self.store, self.layout, time.time())
+            self._marker_written = True
             self.stale_runs_removed = await runs.cleanup_stale_runs(
-                self.store, self.layout, self._stale_after)
+                self.store, self.layout, self._stale_after, float(config.get("heartbeat")))
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
@@ -247,60 +255,77 @@ class LambdaCluster(SpecCluster):
 
     async def _heartbeat(self) -> None:
         started = time.time()
+        interval = float(config.get("heartbeat"))
+        failing = False
         while True:
-            await asyncio.sleep(float(config.get("heartbeat")))
-            if self.store is not None:
-                try:
-                    await runs.write_marker(self.store, self.layout, started)
-                except Exception:  # a missed beat is harmless; the next one may succeed
-                    pass
+            await asyncio.sleep(interval)
+            if self.store is None:
+                continue
+            try:
+                await runs.write_marker(self.store, self.layout, started)
+            except Exception as exc:  # the next beat may succeed; say so once per outage
+                if not failing:
+                    logger.warning(
+                        "dask-lambda could not rewrite this client's run marker s3://%s/%s "
+                        "(%s: %s); it tries again every %g s. If S3 stays unreachable for "
+                        "lambda.stale-after (%g s), another client on this prefix will take "
+                        "this run for dead and delete its objects.", self.bucket,
+                        self.layout.run_marker, type(exc).__name__, exc, interval,
+                        self._stale_after)
+                failing = True
+            else:
+                if failing:
+                    logger.warning("dask-lambda rewrote its run marker again")
+                failing = False
 
     async def _release(self) -> None:
-        """Delete the run's objects and stop what the backend started (idempotent)."""
+        """Delete the run's objects and stop what the backend started (idempotent).
+
+        Every step runs, whatever failed before it, within a bounded time; a step that
+        fails is logged with what it left behind.
+        """
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = None
-        try:
-            await self.backend.stop()  # nothing may write after the run's objects are deleted
-            if self.executor is not None:
-                executor, self.executor = self.executor, None
-                self._final_stats = executor.stats
-                await executor.close()
-            if self.store is not None:
-                store, self.store = self.store, None
-                try:
-                    with contextlib.suppress(Exception):  # e.g. a bucket we could never use
-                        await store.delete([self.layout.run_marker])
-                finally:
-                    await store.close()
-        finally:
-            await self.backend.close()
-            self._restore_environment()
-            import shutil
+        where = " and ".join(f"s3://{self.bucket}/{p}" for p in self.layout.run_prefixes)
+        left = (f"the objects under {where} stay until a later client on this prefix finds "
+                "them stale (lambda.stale-after), `dask-lambda cleanup --bucket "
+                f"{bucket_url(self.bucket, self.prefix)}` removes them, or the bucket's "
+                "lifecycle rule expires them")
+        # nothing may write after the run's objects are deleted
+        await _step("stop the running invocations", self.backend.stop(), _STOP_TIMEOUT)
+        s3_ok = True
+        if self.executor is not None:
+            executor, self.executor = self.executor, None
+            self._final_stats = executor.stats
+            s3_ok = await _step("delete this run's objects", executor.close(),
+                                _CLEANUP_TIMEOUT, left)
+        if self.store is not None:
+            store, self.store = self.store, None
+            if s3_ok and self._marker_written:
+                marker = self.layout.run_marker
+                await _step("delete this run's marker", store.delete([marker], quick=True),
+                            _CLEANUP_TIMEOUT, f"s3://{self.bucket}/{marker} stays until a "
+                            "later client finds it stale")
+            await _step("close the S3 client", store.close(), _STOP_TIMEOUT)
+        await _step("stop the backend", self.backend.close(), _STOP_TIMEOUT)
+        self._restore_environment()
+        import shutil
 
-            shutil.rmtree(self._local_directory, ignore_errors=True)
+        shutil.rmtree(self._local_directory, ignore_errors=True)
 
     # While open, the client process sees the backend's S3 (so s3:// paths work in graphs
-    # built or read here, e.g. dd.read_parquet("s3://...") metadata).
+    # built or read here, e.g. dd.read_parquet("s3://...") metadata). The newest open
+    # cluster's S3 wins; closing it brings back the one beneath (`EnvironmentLayers`).
     def _set_environment(self, env: dict[str, str]) -> None:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", *env):
-            self._saved_env.setdefault(name, os.environ.get(name))
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            if name not in env:
-                os.environ.pop(name, None)
-        os.environ.update(env)
-        _clear_fs_caches()
+        layer: dict[str, str | None] = {"AWS_PROFILE": None, "AWS_SESSION_TOKEN": None}
+        layer.update(env)
+        self._env_layer = _ENVIRONMENT.push(layer)
 
     def _restore_environment(self) -> None:
-        if not self._saved_env:
-            return
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env = {}
-        _clear_fs_caches()
+        if self._env_layer is not None:
+            token, self._env_layer = self._env_layer, None
+            _ENVIRONMENT.pop(token)
 
     def lambda_stats(self) -> dict:
         """Counters of this cluster's Lambda work (tasks, invocations, cold starts, bytes...)."""
@@ -366,6 +391,20 @@ class GatewayScheduler(Scheduler):
             self.WORKER_SATURATION = float(worker_saturation)
 
 
+async def _step(what: str, work: Any, timeout: float, left: str = "") -> bool:
+    """Await one clean-up step within ``timeout`` s; log (never raise) a failure and what it
+    left behind. Returns whether it succeeded."""
+    try:
+        await asyncio.wait_for(work, timeout)
+        return True
+    except Exception as exc:
+        why = "it took too long" if isinstance(exc, asyncio.TimeoutError) else (
+            f"{type(exc).__name__}: {exc}")
+        logger.warning("dask-lambda could not %s while closing (%s)%s", what, why,
+                       f": {left}" if left else "")
+        return False
+
+
 def _clear_fs_caches() -> None:
     """Forget cached s3fs filesystems (they keep the endpoint and credentials they were made
     with)."""
@@ -373,6 +412,9 @@ def _clear_fs_caches() -> None:
 
     if "s3fs" in sys.modules:
         sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+
+
+_ENVIRONMENT = EnvironmentLayers(on_change=_clear_fs_caches)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:

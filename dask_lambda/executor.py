@@ -554,11 +554,15 @@ class LambdaExecutor(_AsyncExecutor):
                 pass
 
     async def close(self) -> int:
-        """Delete everything this run wrote; returns how many objects were left to delete."""
+        """Delete everything this run wrote; returns how many objects were left to delete.
+
+        Raises the first S3 error (the caller reports what is left behind).
+        """
         if self._gc is not None:
             self._gc.cancel()
-        await self.flush_garbage()
-        return await self.store.delete_prefixes(self.layout.run_prefixes)
+        batch, self._garbage = self._garbage, []
+        await self.store.delete(batch, quick=True)
+        return await self.store.delete_prefixes(self.layout.run_prefixes, quick=True)
 
 
 class LocalTaskExecutor(_AsyncExecutor):

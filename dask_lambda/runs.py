@@ -6,6 +6,11 @@ object) is older than ``older_than`` seconds belongs to a client that died:
 `cleanup_stale_runs` deletes its job and result objects. The next client does this
 on start, and ``dask-lambda cleanup`` does it on demand; the bucket's lifecycle
 rule (``dask-lambda deploy``) is the last line of defence.
+
+Ages are measured on S3's clock only: an object's ``LastModified`` against the ``Date``
+of the listing that found it, so a client whose clock is hours off cannot take a live
+run for a dead one. ``older_than`` must be at least `MIN_STALE_BEATS` heartbeats, so
+that a live client's marker is always newer.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from dask_lambda_handler import protocol
 
 from .store import S3Store
 
+#: A run is stale after at least this many missed heartbeats (a live client rewrites its
+#: marker every heartbeat; allow for a slow request or a busy event loop).
+MIN_STALE_BEATS = 3
+
 
 async def write_marker(store: S3Store, layout: protocol.Layout, started: float) -> None:
     body = json.dumps({"run": layout.run, "started": started, "heartbeat": time.time(),
@@ -31,13 +40,23 @@ def _run_of(key: str, root: str) -> str:
     return key[len(root):].split("/", 1)[0].removesuffix(".json")
 
 
-async def cleanup_stale_runs(store: S3Store, layout: protocol.Layout,
-                             older_than: float) -> dict[str, int]:
-    """Delete the objects of runs (other than ``layout.run``) idle for ``older_than`` seconds.
+async def cleanup_stale_runs(store: S3Store, layout: protocol.Layout, older_than: float,
+                             heartbeat: float) -> dict[str, int]:
+    """Delete the objects of runs (other than ``layout.run``) idle for ``older_than`` seconds
+    by S3's clock.
 
     Returns ``{run id: objects deleted}``.
+
+    Raises
+    ------
+    ValueError
+        ``older_than`` is below `MIN_STALE_BEATS` times ``heartbeat``: live runs could go.
     """
-    now = _dt.datetime.now(_dt.timezone.utc)
+    if not older_than >= MIN_STALE_BEATS * heartbeat > 0:
+        raise ValueError(
+            f"stale runs are runs idle for at least {MIN_STALE_BEATS} heartbeats "
+            f"({MIN_STALE_BEATS * heartbeat:g} s), not {older_than!r} s: a shorter time would "
+            "delete the objects of clients that are still running")
     newest: dict[str, _dt.datetime] = {}
     keys: dict[str, list[str]] = {}
     markers: dict[str, _dt.datetime] = {}
@@ -50,6 +69,9 @@ async def cleanup_stale_runs(store: S3Store, layout: protocol.Layout,
             keys.setdefault(run, []).append(obj["Key"])
             if run not in newest or obj["LastModified"] > newest[run]:
                 newest[run] = obj["LastModified"]
+    now = store.server_time  # the Date of the listings above, S3's clock
+    if now is None:
+        return {}  # nothing was listed: nothing to judge by
     removed: dict[str, int] = {}
     for run, run_keys in keys.items():
         if run == layout.run:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from dask_lambda_handler import protocol, s3errors
 from .errors import ConfigurationError, PermissionDeniedError
 
 _MAX_POOL = 256
+_QUICK_TIMEOUT = 5
 
 
 async def _fill(body: Any, view: memoryview) -> None:
@@ -84,49 +87,68 @@ class S3Store:
         self.transfer_concurrency = max(1, transfer_concurrency)
         self._stack: contextlib.AsyncExitStack | None = None
         self.client: Any = None
+        self.quick_client: Any = None
         self.bytes_up = 0
         self.bytes_down = 0
         self.requests = 0
+        #: S3's clock: the ``Date`` of the last listing (`list_objects`), or None.
+        self.server_time: datetime.datetime | None = None
 
     async def start(self) -> None:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
         self._stack = contextlib.AsyncExitStack()
+        session = get_session()
         cfg = AioConfig(retries={"mode": "standard", "max_attempts": 5},
                         max_pool_connections=_MAX_POOL)
         self.client = await self._stack.enter_async_context(
-            get_session().create_client("s3", endpoint_url=self.endpoint_url,
-                                        region_name=self.region, config=cfg,
-                                        **self.credentials))
+            session.create_client("s3", endpoint_url=self.endpoint_url,
+                                  region_name=self.region, config=cfg, **self.credentials))
+        # Short timeouts and few attempts where waiting helps nobody: the start-up check (an
+        # endpoint that never answers would take botocore's 60 s x 5 attempts) and clean-up.
+        quick = AioConfig(retries={"mode": "standard", "max_attempts": 2},
+                          connect_timeout=_QUICK_TIMEOUT, read_timeout=_QUICK_TIMEOUT,
+                          max_pool_connections=4)
+        self.quick_client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self.endpoint_url,
+                                  region_name=self.region, config=quick, **self.credentials))
 
     async def close(self) -> None:
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
-            self.client = None
+            self.client = self.quick_client = None
 
     async def check_bucket(self, *, create: bool = False) -> None:
         """Fail with a clear error if the bucket is missing, not ours, or unreachable with
         these credentials or this region; create it if asked."""
-        from botocore.exceptions import NoCredentialsError
+        from botocore.exceptions import (
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         bucket = self.bucket
+        client = self.quick_client
         try:
-            await self.client.head_bucket(Bucket=bucket)
+            await client.head_bucket(Bucket=bucket)
             return
         except NoCredentialsError:
             raise ConfigurationError(
                 "no AWS credentials found. Configure them as for the AWS CLI: `aws configure`, "
                 "or AWS_PROFILE=name, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or try "
                 "without AWS: LambdaClient(\"s3://my-bucket\", backend=\"local\")") from None
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise ConfigurationError(self._unreachable(exc)) from None
         except Exception as exc:
             code = _code(exc)
-            headers = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+            headers = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get(
                 "HTTPHeaders", {})
             if code in ("400", "403"):  # a HEAD answer has no body: ask again for S3's code
                 try:
-                    await self.client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+                    await client.list_objects_v2(Bucket=bucket, MaxKeys=1)
                 except Exception as again:
                     code = _code(again) or code
             actual = headers.get("x-amz-bucket-region")
@@ -143,7 +165,7 @@ class S3Store:
                     "`aws sts get-caller-identity`, refresh them (`aws sso login`), or select "
                     "another profile with AWS_PROFILE=name") from None
             if code in ("404", "NoSuchBucket") and create:
-                await self.client.create_bucket(Bucket=bucket)
+                await client.create_bucket(Bucket=bucket)
                 return
             if code in ("404", "NoSuchBucket"):
                 raise ConfigurationError(
@@ -156,6 +178,20 @@ class S3Store:
                     "account or your credentials lack s3:ListBucket/GetObject/PutObject on it. "
                     "Use a bucket you own, or check `aws sts get-caller-identity`.") from None
             raise
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """What the user reads when S3 does not answer the start-up check."""
+        if self.endpoint_url:
+            where = (f"the S3 endpoint {self.endpoint_url} (the local backend's "
+                     "local_s3_endpoint= / lambda.local.s3-endpoint, or AWS_ENDPOINT_URL_S3)")
+            fix = ("start that server, or leave local_s3_endpoint unset to let the local "
+                   "backend start its own")
+        else:
+            where = f"S3 in region {self.region!r}"
+            fix = ("check the network, a proxy (HTTPS_PROXY) or firewall in the way, and "
+                   "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL if you set one")
+        return (f"cannot reach {where}: {type(exc).__name__}: {exc}. Gave up after "
+                f"{_QUICK_TIMEOUT} s per attempt: {fix}.")
 
     async def put(self, key: str, parts: list) -> int:
         """Upload buffers as one object without joining them; large ones in parallel parts."""
@@ -229,31 +265,40 @@ class S3Store:
         self.bytes_down += total
         return out
 
-    async def list_objects(self, prefix: str) -> list[dict]:
-        """Every object under ``prefix`` (``Key``, ``LastModified``, ``Size``...)."""
+    async def list_objects(self, prefix: str, *, quick: bool = False) -> list[dict]:
+        """Every object under ``prefix`` (``Key``, ``LastModified``, ``Size``...).
+
+        ``quick``: few attempts, short timeouts (clean-up: S3 may be gone).
+        """
         found: list[dict] = []
-        paginator = self.client.get_paginator("list_objects_v2")
+        client = self.quick_client if quick else self.client
+        paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             self.requests += 1
+            date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+            if date:
+                self.server_time = email.utils.parsedate_to_datetime(date)
             found.extend(page.get("Contents", ()))
         return found
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        return [o["Key"] for o in await self.list_objects(prefix)]
+    async def list_keys(self, prefix: str, *, quick: bool = False) -> list[str]:
+        return [o["Key"] for o in await self.list_objects(prefix, quick=quick)]
 
-    async def delete(self, keys: Iterable[str]) -> None:
-        """Delete keys, 1,000 per request (S3's limit)."""
+    async def delete(self, keys: Iterable[str], *, quick: bool = False) -> None:
+        """Delete keys, 1,000 per request (S3's limit); ``quick`` as in `list_objects`."""
         keys = list(keys)
+        client = self.quick_client if quick else self.client
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]
             self.requests += 1
-            await self.client.delete_objects(Bucket=self.bucket,
-                                             Delete={"Objects": batch, "Quiet": True})
+            await client.delete_objects(Bucket=self.bucket,
+                                        Delete={"Objects": batch, "Quiet": True})
 
-    async def delete_prefixes(self, prefixes: Iterable[str]) -> int:
+    async def delete_prefixes(self, prefixes: Iterable[str], *, quick: bool = False) -> int:
+        """Delete every object under ``prefixes``; returns how many there were."""
         n = 0
         for prefix in prefixes:
-            keys = await self.list_keys(prefix)
-            await self.delete(keys)
+            keys = await self.list_keys(prefix, quick=quick)
+            await self.delete(keys, quick=quick)
             n += len(keys)
         return n

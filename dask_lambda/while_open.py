@@ -52,3 +52,55 @@ class WhileAnyOpen:
             yield
         finally:
             self.exit()
+
+
+class EnvironmentLayers:
+    """Process-wide environment variables that each open client needs, one layer per client.
+
+    Two clients may need different values (each local backend has its own S3 server): the
+    newest open layer wins for each variable, closing a layer brings back the values of the
+    layers still open beneath it, and when none is left every variable is as it was before
+    the first one. A value of ``None`` in a layer means "unset while this layer is on top".
+    """
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+        self._lock = threading.Lock()
+        self._layers: dict[int, dict[str, str | None]] = {}
+        self._original: dict[str, str | None] = {}
+        self._next = 0
+        self._on_change = on_change
+
+    def push(self, values: dict[str, str | None]) -> int:
+        """Apply ``values`` on top; returns the token that `pop` takes."""
+        import os
+
+        with self._lock:
+            for name in values:
+                self._original.setdefault(name, os.environ.get(name))
+            token = self._next
+            self._next += 1
+            self._layers[token] = dict(values)
+            self._apply()
+        return token
+
+    def pop(self, token: int) -> None:
+        """Remove a layer (in any order); a token already popped is ignored."""
+        with self._lock:
+            if self._layers.pop(token, None) is None:
+                return
+            self._apply()
+            if not self._layers:
+                self._original = {}
+
+    def _apply(self) -> None:
+        import os
+
+        effective = dict(self._original)
+        for token in sorted(self._layers):
+            effective.update(self._layers[token])
+        for name, value in effective.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._on_change()

@@ -41,20 +41,28 @@ def s3_error_kind(code: str) -> str | None:
 
 def layout_prefixes(key: str) -> tuple[str, str]:
     """``(user prefix, layout prefix)`` of a key: ``("dask/", "dask/jobs/")`` for
-    ``dask/jobs/<run>/<task>.job``; a key outside the layout gets its folder for both.
+    ``dask/jobs/<run>/<hh>/<task>.job``; a key outside the layout gets its folder for both.
 
     Examples
     --------
-    >>> layout_prefixes("dask/jobs/0123/t-a0.job")
+    >>> layout_prefixes("dask/jobs/0123/ab/t-a0.job")
     ('dask/', 'dask/jobs/')
     >>> layout_prefixes("runs/0123.json")
     ('', 'runs/')
     """
+    try:
+        run = protocol.run_of(key)
+    except protocol.PayloadError:
+        run = None
+    if run is not None:
+        for kind in (protocol.JOBS, protocol.RESULTS):
+            head, sep, _ = key.rpartition(f"{kind}/{run}/")
+            if sep and (not head or head.endswith("/")):
+                return head, f"{head}{kind}/"
     parts = key.split("/")
-    for depth, kinds in ((3, (protocol.JOBS, protocol.RESULTS)), (2, (protocol.RUNS,))):
-        if len(parts) >= depth and parts[-depth] in kinds:
-            user = "".join(p + "/" for p in parts[:-depth])
-            return user, f"{user}{parts[-depth]}/"
+    if len(parts) >= 2 and parts[-2] == protocol.RUNS:
+        user = "".join(p + "/" for p in parts[:-2])
+        return user, f"{user}{protocol.RUNS}/"
     folder = "".join(p + "/" for p in parts[:-1])
     return folder, folder
 
@@ -67,7 +75,7 @@ def grant_scope(bucket: str, key: str) -> tuple[str, str]:
 
     Examples
     --------
-    >>> grant_scope("b", "dask/jobs/0123/t-a0.job")
+    >>> grant_scope("b", "dask/jobs/0123/ab/t-a0.job")
     ('arn:aws:s3:::b/dask/jobs/*', 'arn:aws:s3:::b/dask/*')
     """
     user, layout = layout_prefixes(key)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -103,8 +104,16 @@ def test_cleanup_command_removes_only_stale_runs(s3_endpoint, s3):
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.strip().endswith(
         f"0 stale runs removed from s3://{bucket}/p (idle for 3600 s or more)")
+    too_soon = _cli("cleanup", "--bucket", f"s3://{bucket}/p", "--endpoint-url", s3_endpoint,
+                    "--older-than", "0", env=creds)
+    assert too_soon.returncode == 2
+    assert too_soon.stderr.strip() == (
+        "dask-lambda cleanup: --older-than 0 would delete the objects of clients that are still "
+        "running (they rewrite their marker every 60 s): use at least 3 heartbeats, e.g. "
+        f"`dask-lambda cleanup --bucket s3://{bucket}/p --older-than 3600`")
+    time.sleep(4.5)  # three heartbeats of a second, on S3's clock
     stale = _cli("cleanup", "--bucket", f"s3://{bucket}/p", "--endpoint-url", s3_endpoint,
-                 "--older-than", "0", env=creds)
+                 "--older-than", "3", env=dict(creds, DASK_LAMBDA__HEARTBEAT="1"))
     assert stale.returncode == 0, stale.stderr
     assert "run dead: removed 3 objects" in stale.stdout
     from .conftest import list_keys
