@@ -7,7 +7,6 @@ from typing import Any
 
 import dask
 from dask._expr import LLGExpr
-from dask_lambda_handler.protocol import ObjectRef
 from distributed import Client
 
 from . import config, gc_tuning, serialize
@@ -120,16 +119,6 @@ class LambdaClient(Client):
         return BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr),
                            scheduler=self.scheduler.address)
 
-    async def _gather(self, futures: Any, *args: Any, **kwargs: Any) -> Any:
-        # Outputs kept in S3 reach the client as references: download only what is gathered.
-        result = await super()._gather(futures, *args, **kwargs)
-        refs = _find_refs(result)
-        if not refs:
-            return result
-        executor = self.cluster.executor
-        values = await executor.load(refs)
-        return _replace_refs(result, values)
-
     async def _close(self, fast: bool = False) -> None:
         try:
             await super()._close(fast=fast)
@@ -159,26 +148,3 @@ class LambdaClient(Client):
     def lambda_stats(self) -> dict:
         """Counters of this client's Lambda work: tasks, invocations, batches, retries, bytes."""
         return self.cluster.lambda_stats()
-
-
-def _find_refs(obj: Any, found: list | None = None) -> list:
-    found = [] if found is None else found
-    if isinstance(obj, ObjectRef):
-        found.append(obj)
-    elif isinstance(obj, (list, tuple, set)):
-        for item in obj:
-            _find_refs(item, found)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            _find_refs(item, found)
-    return found
-
-
-def _replace_refs(obj: Any, values: dict) -> Any:
-    if isinstance(obj, ObjectRef):
-        return values[obj]
-    if isinstance(obj, (list, tuple, set)):
-        return type(obj)(_replace_refs(item, values) for item in obj)
-    if isinstance(obj, dict):
-        return {k: _replace_refs(v, values) for k, v in obj.items()}
-    return obj

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from dask_lambda_handler import protocol
-from distributed import Scheduler, Worker
+from distributed import Scheduler
 from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
@@ -29,6 +29,7 @@ from .cost import CostMeter
 from .deploy.names import bucket_url
 from .errors import ConfigurationError
 from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
+from .gateway import GatewayWorker
 from .store import S3Store
 from .while_open import EnvironmentLayers
 
@@ -235,7 +236,8 @@ class LambdaCluster(SpecCluster):
                 max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
                 cost=self.cost)
             self.local_executor = LocalTaskExecutor(self.executor, os.cpu_count() or 1)
-            self.worker_spec = {"lambda-gateway": {"cls": Worker, "options": {
+            self.worker_spec = {"lambda-gateway": {"cls": GatewayWorker, "options": {
+                "lambda_executor": self.executor,
                 "nthreads": self.settings.concurrency,
                 "executor": {"default": self.executor, "local": self.local_executor},
                 "metrics": {**DEFAULT_METRICS, **gateway_metrics(self.executor)},

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextvars
+import functools
 import itertools
 import logging
 import random
@@ -96,6 +98,9 @@ class ExecutorStats:
     batches, batched_tasks
         Tasks that ran a fused group of graph tasks (`dask_lambda.batching`), and the graph
         tasks those groups held.
+    cancelled
+        Running tasks stopped because the scheduler no longer wanted them (cancelled, or
+        their last future released). On AWS, Lambda bills each until it ends by itself.
     """
 
     tasks: int = 0
@@ -111,6 +116,14 @@ class ExecutorStats:
     output_bytes_in_s3: int = 0
     batches: int = 0
     batched_tasks: int = 0
+    cancelled: int = 0
+
+
+#: Values of outputs kept in S3, downloaded for the gather being answered in this context
+#: (`dask_lambda.gateway.GatewayWorker.get_data`): other readers of the worker's data, the
+#: tasks it ships to Lambda, keep seeing references.
+RESOLVED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "dask_lambda_resolved", default=None)
 
 
 class LambdaData(MutableMapping):
@@ -128,7 +141,14 @@ class LambdaData(MutableMapping):
         self._release = release
 
     def __getitem__(self, key: Any) -> Any:
+        resolved = RESOLVED.get()
+        if resolved is not None and key in resolved:  # a gather: the value, not the reference
+            return resolved[key]
         return self._data[key]
+
+    def peek(self, key: Any) -> Any:
+        """What the worker holds for ``key`` (a value or an `ObjectRef`), or None."""
+        return self._data.get(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, protocol.ObjectRef):
@@ -175,6 +195,8 @@ class _AsyncExecutor(concurrent.futures.Executor):
 
     def __init__(self) -> None:
         self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
+        #: The running task of each key (a key runs once at a time on the worker).
+        self._by_key: dict[Any, asyncio.Task] = {}
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> asyncio.Future:  # type: ignore[override]
         """Start ``fn(*args)`` on the running (worker's) loop; returns its asyncio task.
@@ -192,14 +214,18 @@ class _AsyncExecutor(concurrent.futures.Executor):
                 f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
                 "worker executors are not supported in Lambda"))
             return refused
+        key = args[0].key
         task = loop.create_task(self._run_task(*args))
         self._running[task] = loop
-        task.add_done_callback(self._forget)
+        self._by_key[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
         self._started(loop)
         return task
 
-    def _forget(self, task: asyncio.Task) -> None:
+    def _forget(self, key: Any, task: asyncio.Task) -> None:
         self._running.pop(task, None)
+        if self._by_key.get(key) is task:
+            del self._by_key[key]
 
     def _started(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hook: called on each submit, on the worker's loop."""
@@ -271,6 +297,12 @@ class LambdaExecutor(_AsyncExecutor):
         #: Seconds recent tasks of each prefix took in Lambda, as the handler measured them
         #: (a fused group's time shared out evenly): what batching plans with.
         self.durations: dict[str, deque[float]] = {}
+        #: Keys whose running task `cancel` stopped (until their task has ended).
+        self._cancelling: set = set()
+        #: Keys whose output could not be read by a gather: (times, last error).
+        self._unreadable: dict[Any, tuple[int, BaseException]] = {}
+        #: The gateway worker, once it has started (`dask_lambda.gateway.GatewayWorker`).
+        self.worker: Any = None
         serialize.prepare()
 
     # -- one task -------------------------------------------------------------------------
@@ -284,9 +316,49 @@ class LambdaExecutor(_AsyncExecutor):
         if self._gc is not None:
             self._gc.get_loop().call_soon_threadsafe(self._gc.cancel)
 
+    def cancel(self, key: Any) -> bool:
+        """Stop the running task ``key`` (the scheduler no longer wants it): its invocation is
+        abandoned (the local backend kills its environment) and its slot freed; the task ends
+        as erred, which the worker discards for a cancelled task. Returns whether it ran."""
+        task = self._by_key.get(key)
+        if task is None or task.done():
+            return False
+        self._cancelling.add(key)
+        task.cancel()
+        return True
+
     async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
+        key = task.key
+        try:
+            return await self._run_one(task, data, delay)
+        except asyncio.CancelledError:
+            if key not in self._cancelling:  # the worker is closing: not ours to absorb
+                raise
+            self._cancelling.discard(key)
+            current: Any = asyncio.current_task()
+            if hasattr(current, "uncancel"):  # Python >= 3.11
+                current.uncancel()
+            self.stats.cancelled += 1
+            # "Reschedule": the worker forgets a cancelled task, and hands one that was asked
+            # for again meanwhile back to the scheduler to run anew (never this attempt's
+            # outcome, which does not exist).
+            from distributed import Reschedule
+
+            return self._erred(key, Reschedule(), None, "", time(), delay, count=False)
+
+    async def _run_one(self, task: Any, data: dict, delay: float) -> dict:
         start = time()
         key = task.key
+        lost = self._unreadable.get(key)
+        if lost is not None and lost[0] > self.retries:
+            exc = lost[1]
+            note = (f" (the output of task {key!r} could not be read {lost[0]} times; it was "
+                    f"computed again each time, retries={self.retries})")
+            try:
+                exc = type(exc)(f"{exc}{note}")
+            except Exception:  # an exception type that takes other arguments: keep it as it is
+                pass
+            return self._erred(key, exc, None, "", start, delay)
         if type(task) in _LOCAL_TASKS:  # renaming or literal data: no work worth a Lambda
             self.stats.local_tasks += 1
             return self._finished(task(data), start, delay)
@@ -391,8 +463,12 @@ class LambdaExecutor(_AsyncExecutor):
         then backoff and retry while Lambda throttles."""
         for throttled in itertools.count():
             self.cost.reserve(f"task {key!r}")
+            sent = time()
             try:
                 response = await self._invoke_paced(event, memory)
+            except asyncio.CancelledError:  # stopped while it ran: billed at least until now
+                self.cost.settle(billed_ms(time() - sent))
+                raise
             except FunctionError as exc:
                 self.cost.settle(0)
                 if exc.error_type == "InputLostError":
@@ -499,6 +575,35 @@ class LambdaExecutor(_AsyncExecutor):
         payloads = await asyncio.gather(*(self._fetch(r, release=False) for r in refs))
         return {r: p.load() for r, p in zip(refs, payloads, strict=True)}
 
+    async def load_values(self, refs: dict) -> tuple[dict, dict]:
+        """``({key: value}, {key: error})`` of the outputs ``{key: ObjectRef}`` kept in S3 (a
+        gather); the objects stay."""
+
+        async def one(ref: protocol.ObjectRef) -> Any:
+            return (await self._fetch(ref, release=False)).load()
+
+        unique = list(dict.fromkeys(refs.values()))
+        loaded = dict(zip(unique, await asyncio.gather(*map(one, unique),
+                                                       return_exceptions=True), strict=True))
+        values, failed = {}, {}
+        for key, ref in refs.items():
+            value = loaded[ref]
+            if isinstance(value, Exception):
+                failed[key] = value
+            else:
+                values[key] = value
+        return values, failed
+
+    def unreadable(self, key: Any, exc: BaseException) -> int:
+        """Count that ``key``'s output could not be read (it is computed again); returns how
+        many times. Past ``retries``, the next run of ``key`` fails with ``exc``."""
+        count = self._unreadable.get(key, (0, exc))[0] + 1
+        if isinstance(exc, PermissionError):  # computing it again cannot help
+            count = self.retries + 1
+        self._unreadable[key] = (count, exc)
+        self.stats.retries += 1
+        return count
+
     def release(self, ref: protocol.ObjectRef) -> None:
         """The scheduler released the key holding ``ref``: its object can go."""
         self._garbage.append(ref.key)
@@ -519,11 +624,12 @@ class LambdaExecutor(_AsyncExecutor):
                 "thread": threading.get_ident()}
 
     def _erred(self, key: Any, exc: BaseException, tb: Any, tb_text: str,
-               start: float, delay: float) -> dict:
+               start: float, delay: float, *, count: bool = True) -> dict:
         from distributed.core import error_message
         from distributed.protocol import pickle, to_serialize
 
-        self.stats.errors += 1
+        if count:
+            self.stats.errors += 1
         msg: dict = dict(error_message(exc))
         if tb is not None:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 
 import numpy as np
@@ -44,7 +45,8 @@ def _kept(client, future) -> str:
     return ref.key
 
 
-def test_an_output_copied_over_another_is_refused_by_the_client_and_by_tasks(client, s3):
+def test_an_output_copied_over_another_is_refused_by_the_client_and_by_tasks(
+        client, s3, caplog):
     alpha = client.submit(np.full, 1000, 1.0, key="alpha")
     beta = client.submit(np.full, 1000, 2.0, key="beta")
     alpha_key, beta_key = _kept(client, alpha), _kept(client, beta)
@@ -53,15 +55,40 @@ def test_an_output_copied_over_another_is_refused_by_the_client_and_by_tasks(cli
     expected = (f"refused s3://{BUCKET}/{alpha_key}: it holds a correctly signed payload that "
                 f"belongs to 's3://{BUCKET}/{beta_key}' (copied over this object, or replayed "
                 "from another attempt or run). Nothing was unpickled.")
-    with pytest.raises(protocol.MisplacedPayloadError) as info:
-        alpha.result()
-    assert expected in str(info.value)
-    reader = client.submit(np.sum, alpha, key="reads-alpha")
+    reader = client.submit(np.sum, alpha, key="reads-alpha")  # a task reads it in Lambda
     with pytest.raises(FunctionError) as info:
         reader.result()
     assert info.value.error_type == "MisplacedPayloadError"
     assert expected in str(info.value)
-    assert beta.result()[0] == 2.0  # the donor itself is untouched
+    # The client's own read refuses it too, and computes alpha again: never beta's data.
+    with caplog.at_level(logging.WARNING, logger="dask_lambda"):
+        assert (alpha.result() == 1.0).all()
+    assert any(expected in r.getMessage() and "computing it again (1 of at most 2)"
+               in r.getMessage() for r in caplog.records)
+    assert (beta.result() == 2.0).all()  # the donor itself is untouched
+
+
+def test_an_output_that_stays_tampered_fails_with_the_typed_error(s3_endpoint, s3, monkeypatch):
+    with LambdaClient(f"s3://{BUCKET}/again", local_s3_endpoint=s3_endpoint, inline_max=1000,
+                      retries=1, concurrency=2, dashboard_address=None) as client:
+        donor = client.submit(np.full, 1000, 9.0, key="donor-out")
+        donor_key = _kept(client, donor)
+        body = s3.get_object(Bucket=BUCKET, Key=donor_key)["Body"].read()
+        executor = client.cluster.executor
+        fetch = executor._fetch
+
+        async def tampered_fetch(ref, *, release):  # every output of "victim" is overwritten
+            if "victim-out" in ref.key:
+                s3.put_object(Bucket=BUCKET, Key=ref.key, Body=body)
+            return await fetch(ref, release=release)
+
+        monkeypatch.setattr(executor, "_fetch", tampered_fetch)
+        victim = client.submit(np.full, 1000, 1.0, key="victim-out")
+        with pytest.raises(protocol.MisplacedPayloadError) as info:
+            victim.result(timeout=120)
+        assert f"belongs to 's3://{BUCKET}/{donor_key}'" in str(info.value)
+        assert ("(the output of task 'victim-out' could not be read 2 times; it was computed "
+                "again each time, retries=1)" in str(info.value))
 
 
 def test_an_output_replayed_from_another_attempt_is_refused(client, s3):
@@ -77,14 +104,15 @@ def test_an_output_replayed_from_another_attempt_is_refused(client, s3):
     s3.delete_object(Bucket=BUCKET, Key=other_attempt)
 
 
-def test_a_truncated_output_is_refused(client, s3):
+def test_a_truncated_output_is_refused(client, s3, caplog):
     future = client.submit(np.full, 1000, 4.0, key="to-truncate")
     key = _kept(client, future)
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     s3.put_object(Bucket=BUCKET, Key=key, Body=body[:-100])
-    with pytest.raises(protocol.PayloadError) as info:
-        future.result()
-    assert f"refused s3://{BUCKET}/{key}: its signature does not verify" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="dask_lambda"):
+        assert (future.result() == 4.0).all()  # computed again, not the truncated bytes
+    assert any(f"refused s3://{BUCKET}/{key}: its signature does not verify" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_job_overwritten_with_another_signed_job_runs_neither(client, s3, monkeypatch):
