@@ -250,7 +250,7 @@ def run_floor(name: str, args: argparse.Namespace) -> Figures:
     from distributed.deploy.spec import SpecCluster
 
     from dask_lambda import gc_tuning
-    from dask_lambda.cluster import GatewayScheduler
+    from dask_lambda.gateway import GatewayScheduler
 
     tasks, duration, concurrency = (QUICK if args.quick else SCENARIOS)[name]
     executor = sleeper(tuple(args.latency), tuple(args.cold_start), duration)

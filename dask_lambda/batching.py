@@ -266,18 +266,19 @@ def _topological(dsk: Mapping[Any, Any], deps: Mapping[Any, list]) -> list:
 class BatchedExpr:
     """Wraps the expression a client submits: its graph, with chains and subtrees fused.
 
-    The scheduler materializes submitted graphs in a thread of its own; this does the
-    fusing there, so the client's thread does no graph work. Only the two methods the
+    The gateway's scheduler (`dask_lambda.gateway.GatewayScheduler`) wraps each graph it
+    receives in one of these; it materializes graphs in a thread of its own, so the fusing
+    happens there, off the client's thread and the event loop. Only the two methods the
     scheduler calls are provided: ``__dask_graph__`` and ``__dask_annotations__``.
     """
 
     def __init__(self, expr: Any, keys: Iterable[Any], settings: BatchSettings,
-                 cull_graph: bool, scheduler: str | None = None) -> None:
+                 cull_graph: bool, scheduler: Any = None) -> None:
         self.expr = expr
         self.keys = list(keys)
         self.settings = settings
         self.cull_graph = cull_graph
-        self.scheduler = scheduler  # its address: the keys it still has keep their plan
+        self.scheduler = scheduler  # the keys it still has keep their plan
         self._annotations: dict | None = None
 
     def __dask_graph__(self) -> dict:
@@ -298,22 +299,13 @@ class BatchedExpr:
         assert self._annotations is not None
         return self._annotations
 
-    def __reduce__(self) -> tuple[Callable, tuple]:
-        return BatchedExpr, (self.expr, self.keys, self.settings, self.cull_graph,
-                             self.scheduler)
 
 
-def _scheduler_definitions(address: str | None, dsk: Mapping[Any, Any]) -> dict:
-    """The definitions the scheduler at ``address`` still has for keys of ``dsk``.
-
-    The scheduler is in this process (it materializes the graph, in its offload thread:
-    its task table is only read here). None where it is not found.
-    """
-    from distributed import Scheduler
-
-    for scheduler in list(Scheduler._instances) if address else ():
-        if scheduler.address == address:
-            tasks = scheduler.tasks
-            return {k: ts.run_spec for k in dsk
-                    if (ts := tasks.get(k)) is not None and ts.run_spec is not None}
-    return {}
+def _scheduler_definitions(scheduler: Any, dsk: Mapping[Any, Any]) -> dict:
+    """The definitions ``scheduler`` still has for keys of ``dsk`` (read in its offload
+    thread, as it materializes the graph: its task table is only read here)."""
+    if scheduler is None:
+        return {}
+    tasks = scheduler.tasks
+    return {k: ts.run_spec for k in dsk
+            if (ts := tasks.get(k)) is not None and ts.run_spec is not None}

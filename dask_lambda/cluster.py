@@ -8,6 +8,7 @@ worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,21 +20,23 @@ import uuid
 from typing import Any
 
 from dask_lambda_handler import protocol
-from distributed import Scheduler
 from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
-from . import config, runs
+from . import config, gc_tuning, runs
 from .backends.base import Backend, FunctionSettings
+from .batching import BatchSettings
 from .cost import CostMeter
 from .deploy.names import bucket_url
 from .errors import ConfigurationError
 from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
-from .gateway import GatewayWorker
+from .gateway import GatewayScheduler, GatewayWorker
 from .store import S3Store
-from .while_open import EnvironmentLayers
+from .while_open import EnvironmentLayers, WhileAnyOpen
 
 BACKENDS = ("local", "aws")
+#: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
+TASK_BASED_METHODS = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 logger = logging.getLogger("dask_lambda")
 #: Seconds a clean-up step of `LambdaCluster.close` may take (S3 unreachable: botocore's
 #: retries would take minutes); and a stop of processes or connections.
@@ -100,6 +103,9 @@ class LambdaCluster(SpecCluster):
         boto's) and how jobs reach it, ``"invoke"`` or ``"trigger"`` (``lambda.aws.mode``).
     dashboard_address
         Scheduler dashboard address; default ``lambda.dashboard-address``.
+    batching
+        Run chains and small subtrees of short tasks in one invocation when that is
+        faster (default ``lambda.batching.enabled``, true); see `dask_lambda.batching`.
     asynchronous, loop
         As for any ``SpecCluster``.
     """
@@ -113,8 +119,8 @@ class LambdaCluster(SpecCluster):
                  local_faults: Any = None,
                  local_s3_endpoint: str | None = None, function: str | None = None,
                  region: str | None = None, mode: str | None = None,
-                 dashboard_address: str | None = None, asynchronous: bool = False,
-                 loop: Any = None):
+                 dashboard_address: str | None = None, batching: bool | None = None,
+                 asynchronous: bool = False, loop: Any = None):
         self.bucket, self.prefix = parse_bucket(config.get("bucket", bucket))
         backend = config.get("backend", backend)
         if isinstance(backend, type) and issubclass(backend, Backend):
@@ -204,9 +210,17 @@ class LambdaCluster(SpecCluster):
             raise ConfigurationError(
                 f"worker-saturation must be a positive number, not {saturation!r}: e.g. "
                 "dask.config.set({'lambda.worker-saturation': 2.0})")
+        self.batching = config.get("batching.enabled", batching)
+        if not isinstance(self.batching, bool):
+            raise ConfigurationError(f"batching must be True or False, not {self.batching!r}: "
+                                     "e.g. LambdaClient(..., batching=False)")
+        if self.batching:  # bad settings fail here, not at the first compute
+            BatchSettings.from_config(self.settings.timeout, {})
+        self._while_open: contextlib.ExitStack | None = None
         scheduler = {"cls": GatewayScheduler, "options": {
             "protocol": "inproc://", "dashboard": dashboard is not None,
-            "dashboard_address": dashboard, "worker_saturation": saturation}}
+            "dashboard_address": dashboard, "worker_saturation": saturation,
+            "plan_batches": self._plan_batches}}
         super().__init__(scheduler=scheduler, workers={}, asynchronous=asynchronous,
                          loop=loop, silence_logs=logging.WARNING,
                          name=f"LambdaCluster-{self.layout.run}")
@@ -245,9 +259,27 @@ class LambdaCluster(SpecCluster):
                 "local_directory": self._local_directory,
                 "name": "lambda-gateway"}}}
             await super()._start()
+            self._hold_process_settings()
         except BaseException:
             await self._release()
             raise
+
+    def _hold_process_settings(self) -> None:
+        """Process-wide settings every client of this cluster needs while it is open (undone
+        by close, in whatever order clusters close): task-based shuffles and rechunks (P2P
+        needs worker plugins that do not exist in Lambda) and a calmer garbage collector."""
+        if self._while_open is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(TASK_BASED.held())
+            stack.enter_context(gc_tuning.collect_less_often())
+            self._while_open = stack
+
+    def _plan_batches(self) -> BatchSettings | None:
+        """The batching limits for the graph being submitted now, or None (batching off)."""
+        executor = self.executor
+        if not self.batching or executor is None:
+            return None
+        return BatchSettings.from_config(self.settings.timeout, executor.duration_estimates())
 
     async def _close(self) -> None:
         try:
@@ -312,6 +344,9 @@ class LambdaCluster(SpecCluster):
             await _step("close the S3 client", store.close(), _STOP_TIMEOUT)
         await _step("stop the backend", self.backend.close(), _STOP_TIMEOUT)
         self._restore_environment()
+        if self._while_open is not None:
+            stack, self._while_open = self._while_open, None
+            stack.close()
         import shutil
 
         shutil.rmtree(self._local_directory, ignore_errors=True)
@@ -346,53 +381,6 @@ class LambdaCluster(SpecCluster):
         return report
 
 
-class _ProgressFeedClosed(logging.Filter):
-    """Drop the traceback distributed logs when a progress bar's feed ends.
-
-    ``distributed.progress(...)`` streams from the scheduler's ``feed`` handler; when the bar
-    finishes, that coroutine is cancelled mid-``sleep`` and distributed logs the
-    ``CancelledError`` at ERROR, a scary traceback after every progress bar. Nothing failed.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, asyncio.CancelledError):
-            return True
-        tb = exc.__traceback__
-        while tb is not None:
-            code = tb.tb_frame.f_code
-            if code.co_name == "feed" and "scheduler" in code.co_filename:
-                return False
-            tb = tb.tb_next
-        return True
-
-
-_FEED_FILTER = _ProgressFeedClosed()
-logging.getLogger("distributed.scheduler").addFilter(_FEED_FILTER)
-
-
-class GatewayScheduler(Scheduler):
-    """distributed's scheduler, with the gateway's own ``worker_saturation`` and no work stealing.
-
-    With one gateway worker whose slots are Lambda functions, holding twice as many tasks as
-    slots lets a finished function be refilled from the worker's own queue instead of waiting
-    for the scheduler (benchmarks/README.md, scale.py: 10,000 x 1 s at 1,000 finished ~5 %
-    sooner). ``None`` keeps ``distributed.scheduler.worker-saturation``.
-
-    Work stealing moves tasks between workers; with one worker it has nothing to do, but its
-    hook runs on every transition (about 5 % of the client's CPU in a 10,000-task map).
-    """
-
-    def __init__(self, *args: Any, worker_saturation: float | None = None, **kwargs: Any):
-        from distributed.scheduler import DEFAULT_EXTENSIONS
-
-        kwargs.setdefault("extensions", {name: ext for name, ext in DEFAULT_EXTENSIONS.items()
-                                         if name != "stealing"})
-        super().__init__(*args, **kwargs)
-        if worker_saturation is not None:
-            self.WORKER_SATURATION = float(worker_saturation)
-
-
 async def _step(what: str, work: Any, timeout: float, left: str = "") -> bool:
     """Await one clean-up step within ``timeout`` s; log (never raise) a failure and what it
     left behind. Returns whether it succeeded."""
@@ -417,6 +405,23 @@ def _clear_fs_caches() -> None:
 
 
 _ENVIRONMENT = EnvironmentLayers(on_change=_clear_fs_caches)
+
+
+def _task_based_on() -> dict[str, Any]:
+    import dask
+
+    saved = {k: dask.config.get(k, None) for k in TASK_BASED_METHODS}
+    dask.config.set(TASK_BASED_METHODS)
+    return saved
+
+
+def _task_based_off(saved: dict[str, Any]) -> None:
+    import dask
+
+    dask.config.set(saved)
+
+
+TASK_BASED = WhileAnyOpen(_task_based_on, _task_based_off)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:

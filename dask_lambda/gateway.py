@@ -15,12 +15,21 @@ for every client that reaches it (``Client(cluster)`` as well as `LambdaClient`)
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+from collections.abc import Callable
 from time import time
 from typing import Any
 
+from dask._expr import LLGExpr
 from dask_lambda_handler import protocol
-from distributed import Worker
+from distributed import Scheduler, Worker
+from distributed.protocol.serialize import (
+    Serialized,
+    deserialize,
+    register_serialization_family,
+)
 from distributed.worker_state_machine import (
     CancelComputeEvent,
     ExecuteSuccessEvent,
@@ -28,6 +37,8 @@ from distributed.worker_state_machine import (
     RemoveReplicasEvent,
 )
 
+from . import serialize
+from .batching import BatchedExpr, BatchSettings
 from .executor import RESOLVED, LambdaExecutor
 
 logger = logging.getLogger("dask_lambda")
@@ -97,3 +108,92 @@ class GatewayWorker(Worker):
         ts = self.state.tasks.get(key)
         if ts is None or ts.state == "cancelled":
             self.lambda_executor.cancel(key)
+
+
+class _ProgressFeedClosed(logging.Filter):
+    """Drop the traceback distributed logs when a progress bar's feed ends.
+
+    ``distributed.progress(...)`` streams from the scheduler's ``feed`` handler; when the bar
+    finishes, that coroutine is cancelled mid-``sleep`` and distributed logs the
+    ``CancelledError`` at ERROR, a scary traceback after every progress bar. Nothing failed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, asyncio.CancelledError):
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name == "feed" and "scheduler" in code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+_FEED_FILTER = _ProgressFeedClosed()
+logging.getLogger("distributed.scheduler").addFilter(_FEED_FILTER)
+
+
+class GatewayScheduler(Scheduler):
+    """distributed's scheduler, with task batching, the gateway's own ``worker_saturation``
+    and no work stealing.
+
+    Batching: each graph a client submits (any client: ``Client(cluster)`` as well as
+    `LambdaClient`) is wrapped in a `~dask_lambda.batching.BatchedExpr` before distributed
+    materializes it, in its offload thread, when ``plan_batches()`` returns settings (it
+    returns None when batching is off).
+
+    With one gateway worker whose slots are Lambda functions, holding twice as many tasks as
+    slots lets a finished function be refilled from the worker's own queue instead of waiting
+    for the scheduler (benchmarks/README.md, scale.py: 10,000 x 1 s at 1,000 finished ~5 %
+    sooner). ``None`` keeps ``distributed.scheduler.worker-saturation``.
+
+    Work stealing moves tasks between workers; with one worker it has nothing to do, but its
+    hook runs on every transition (about 5 % of the client's CPU in a 10,000-task map).
+    """
+
+    def __init__(self, *args: Any, worker_saturation: float | None = None,
+                 plan_batches: Callable[[], BatchSettings | None] | None = None,
+                 **kwargs: Any):
+        from distributed.scheduler import DEFAULT_EXTENSIONS
+
+        kwargs.setdefault("extensions", {name: ext for name, ext in DEFAULT_EXTENSIONS.items()
+                                         if name != "stealing"})
+        super().__init__(*args, **kwargs)
+        if worker_saturation is not None:
+            self.WORKER_SATURATION = float(worker_saturation)
+        self.plan_batches = plan_batches
+
+    async def update_graph(self, client: str, expr_ser: Any, keys: Any, *args: Any,
+                           **kwargs: Any) -> None:
+        serialize.new_submission()  # its functions are pickled again: globals may have changed
+        settings = self.plan_batches() if self.plan_batches is not None else None
+        if settings is not None:
+            try:
+                expr = deserialize(expr_ser.header, expr_ser.frames)
+            except Exception:  # distributed reports it to the client as it does for any graph
+                pass
+            else:
+                if not (isinstance(expr, LLGExpr) and len(expr.operand("dsk")) < 2):  # submit()
+                    expr = BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr),
+                                       scheduler=self)
+                expr_ser = _handed_over(expr)
+        return await super().update_graph(client, expr_ser, keys, *args, **kwargs)
+
+
+#: Objects handed to distributed in this process as if they had been serialized (a graph the
+#: scheduler rewrote), so that nothing is pickled twice.
+_HANDED: dict[int, Any] = {}
+_HANDED_IDS = itertools.count()
+_IN_PROCESS = "dask-lambda-in-process"
+
+
+def _handed_over(obj: Any) -> Serialized:
+    token = next(_HANDED_IDS)
+    _HANDED[token] = obj
+    return Serialized({"serializer": _IN_PROCESS, "token": token}, [])
+
+
+register_serialization_family(_IN_PROCESS, None,
+                              lambda header, frames: _HANDED.pop(header["token"]))

@@ -186,6 +186,24 @@ class Layout:
         return f"{self.results_root}{self.run}/{DONE}/"
 
 
+#: S3-trigger mode: job objects whose name ends so start the function (the notification's
+#: suffix filter); each attempt writes its own.
+TRIGGER_SUFFIX = ".trigger.job"
+_TRIGGER_ATTEMPT = re.compile(r"-a\d+" + re.escape(TRIGGER_SUFFIX) + "$")
+
+
+def job_identity(job_key: str) -> str:
+    """The key a job payload is signed for, given the key it is read from.
+
+    A job is signed once, for its plain key (``...-a0.job``); in S3-trigger mode each
+    attempt's copy (``...-a<n>.trigger.job``) carries that same payload.
+
+    >>> job_identity("p/jobs/0123/ab/x-1-a2.trigger.job")
+    'p/jobs/0123/ab/x-1-a0.job'
+    """
+    return _TRIGGER_ATTEMPT.sub("-a0.job", job_key)
+
+
 #: Folders beside a run's outputs (S3-trigger mode): a job's claim, its completion record.
 CLAIMS = "_claims"
 DONE = "_done"

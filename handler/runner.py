@@ -280,7 +280,8 @@ def _run(event: dict, context: Any) -> dict:
         raw = bytearray(base64.b64decode(event["job"]))
     else:
         raw = s3io.get(_s3(), bucket, event["job_key"], _transfer_concurrency())
-    job = protocol.decode(raw, key, protocol.identity(bucket, event["job_key"]))
+    job = protocol.decode(raw, key,
+                          protocol.identity(bucket, protocol.job_identity(event["job_key"])))
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
     t1 = time.time()

@@ -1,4 +1,6 @@
-"""Dask workloads on the local backend give the synchronous scheduler's results.
+"""Dask workloads on the local backend give the synchronous scheduler's results, through
+every way a user reaches the cluster: `LambdaClient`, ``Client(LambdaCluster(...))`` and
+``cluster.get_client()``.
 
 Every task here runs in a separate handler process (checked in
 ``test_tasks_run_in_other_processes``), reading its job and writing its output
@@ -19,7 +21,33 @@ import pandas as pd
 import pytest
 from distributed import as_completed, wait
 
-from .conftest import list_keys
+from dask_lambda import LambdaClient, LambdaCluster
+
+from .conftest import bucket_for, list_keys
+
+SHAPES = ("LambdaClient", "Client(LambdaCluster)", "cluster.get_client()")
+
+
+@pytest.fixture(scope="module", params=SHAPES)
+def client(request, s3_endpoint):
+    """The module's client, reached in each way users reach a cluster (each is the default
+    client while its tests run)."""
+    from distributed import Client
+
+    options = {"local_s3_endpoint": s3_endpoint, "dashboard_address": None, "concurrency": 2}
+    bucket = f"s3://{bucket_for(request)}/run"
+    if request.param == "LambdaClient":
+        with LambdaClient(bucket, **options) as c:
+            yield c
+        return
+    with LambdaCluster(bucket, **options) as cluster:
+        with (Client(cluster) if request.param == "Client(LambdaCluster)"
+              else cluster.get_client()) as c:
+            yield c
+
+
+def stats(client) -> dict:
+    return client.cluster.lambda_stats()
 
 
 def sync(*collections):
@@ -31,11 +59,11 @@ def lam(*collections):
 
 
 def test_tasks_run_in_other_processes(client):
-    before = client.lambda_stats()["invocations"]
+    before = stats(client)["invocations"]
     pids = set(client.gather(client.map(lambda i: os.getpid(), range(8), pure=False)))
     assert os.getpid() not in pids
     assert 1 <= len(pids) <= 2  # concurrency=2 environments, reused warm
-    assert client.lambda_stats()["invocations"] - before == 8
+    assert stats(client)["invocations"] - before == 8
 
 
 def test_handler_has_its_own_working_directory(client):
@@ -189,7 +217,7 @@ def test_persist_then_reuse(client, x):
     invocations = client.cluster.executor.invocations
     y = (x + 1).persist()
     wait(y)
-    assert client.lambda_stats()["tasks"] >= 9  # the 9 blocks ran now, in Lambda
+    assert stats(client)["tasks"] >= 9  # the 9 blocks ran now, in Lambda
     seen = len(invocations)
     np.testing.assert_allclose(y.sum().compute(), (x + 1).sum().compute(scheduler="sync"))
     later = [i["key"] for i in list(invocations)[seen:]]
@@ -202,12 +230,12 @@ def test_generator_result_and_large_array_through_s3(client):
     def make(n):
         return np.arange(n, dtype="f8")
 
-    before = client.lambda_stats()
+    before = stats(client)
     arr = client.submit(make, 2_000_000).result()  # 16 MB: an S3 result object
     np.testing.assert_array_equal(arr, np.arange(2_000_000, dtype="f8"))
     back = client.submit(np.sum, client.scatter(arr)).result()  # 16 MB job: an S3 job object
     assert back == arr.sum()
-    after = client.lambda_stats()
+    after = stats(client)
     assert after["s3_jobs"] > before["s3_jobs"]
     assert after["bytes_received"] - before["bytes_received"] > 16_000_000
 

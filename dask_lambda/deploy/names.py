@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from dask_lambda_handler import protocol
+
 #: Function name used when none is given.
 DEFAULT_FUNCTION = "dask-lambda"
 #: The handler's entry point inside the deployment package.
@@ -22,7 +24,7 @@ MEMORY_RANGE = (128, 10_240)
 MAX_TIMEOUT = 900
 #: Job objects written in S3-trigger mode end with this; the bucket notification filters on it,
 #: so the job objects of mode="invoke" (plain ``.job``) never trigger the function.
-TRIGGER_SUFFIX = ".trigger.job"
+TRIGGER_SUFFIX = protocol.TRIGGER_SUFFIX
 #: Tag put on everything deploy creates; destroy removes only what carries it.
 TAG_KEY = "dask-lambda:deployed-by"
 TAG_VALUE = "dask-lambda deploy"
