@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import secrets
@@ -20,10 +21,10 @@ import uuid
 from typing import Any
 
 from dask_lambda_handler import protocol
-from distributed.deploy.spec import SpecCluster
+from distributed.deploy.spec import NoOpAwaitable, SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
-from . import config, gc_tuning, runs
+from . import _compat, card, config, gc_tuning, runs
 from .backends.base import Backend, FunctionSettings
 from .batching import BatchSettings
 from .cost import CostMeter
@@ -35,6 +36,8 @@ from .store import S3Store
 from .while_open import EnvironmentLayers, WhileAnyOpen
 
 BACKENDS = ("local", "aws")
+#: The name of the one worker: the gateway whose tasks run in Lambda.
+GATEWAY = "lambda-gateway"
 #: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
 TASK_BASED_METHODS = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 logger = logging.getLogger("dask_lambda")
@@ -148,6 +151,7 @@ class LambdaCluster(SpecCluster):
                 f"timeout={settings.timeout} s is outside Lambda's (0, 900] seconds: "
                 "e.g. timeout=300")
         self.settings = settings
+        self._configured_concurrency = settings.concurrency
         self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
 
         self.backend: Backend
@@ -249,20 +253,125 @@ class LambdaCluster(SpecCluster):
                 inline_max=self._inline_max, retries=self._retries, locality=self._locality,
                 max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
                 cost=self.cost)
-            self.local_executor = LocalTaskExecutor(self.executor, os.cpu_count() or 1)
-            self.worker_spec = {"lambda-gateway": {"cls": GatewayWorker, "options": {
-                "lambda_executor": self.executor,
-                "nthreads": self.settings.concurrency,
-                "executor": {"default": self.executor, "local": self.local_executor},
-                "metrics": {**DEFAULT_METRICS, **gateway_metrics(self.executor)},
-                "memory_limit": 0, "data": self.executor.data,
-                "local_directory": self._local_directory,
-                "name": "lambda-gateway"}}}
+            self.worker_spec = self._gateway_spec()
             await super()._start()
+            self.scheduler.restart_gateway = self._restart_gateway
             self._hold_process_settings()
         except BaseException:
             await self._release()
             raise
+
+    def _gateway_spec(self) -> dict:
+        """The spec of the one gateway worker (a fresh one after ``client.restart()``)."""
+        assert self.executor is not None
+        self.local_executor = LocalTaskExecutor(self.executor, os.cpu_count() or 1)
+        return {GATEWAY: {"cls": GatewayWorker, "options": {
+            "lambda_executor": self.executor,
+            "nthreads": self.settings.concurrency,
+            "executor": {"default": self.executor, "local": self.local_executor},
+            "metrics": {**DEFAULT_METRICS, **gateway_metrics(self.executor)},
+            "memory_limit": 0, "data": self.executor.data,
+            "local_directory": self._local_directory,
+            "name": GATEWAY}}}
+
+    # -- what any Dask cluster offers, as it applies to Lambda ------------------------------
+
+    def scale(self, n: int = 0, memory: str | int | None = None,  # type: ignore[override]
+              cores: int | None = None) -> Any:
+        """Set how many tasks run in Lambda at once (the concurrency cap).
+
+        Lambda already starts functions as tasks arrive and bills nothing while idle, so
+        ``scale`` bounds that: ``scale(10)`` (ten workers, as on any cluster: each function
+        is a one-thread worker), ``scale(cores=40)``, ``scale(memory="100 GiB")`` (divided
+        by each function's memory). ``scale(0)`` releases nothing (nothing stands idle) and
+        keeps the cap. The gateway worker is never removed.
+        """
+        cap = self._cap(n, memory, cores, "scale")
+        if cap is None:
+            logger.info("scale(0): a Lambda cluster has no idle workers to release; the "
+                        "concurrency cap stays %d", self.settings.concurrency)
+            return NoOpAwaitable() if self.asynchronous else None
+        return self.sync(self._set_concurrency, cap)
+
+    def adapt(self, Adaptive: Any = None, minimum: float = 0,  # type: ignore[override]
+              maximum: float = math.inf, minimum_cores: int | None = None,
+              maximum_cores: int | None = None, minimum_memory: str | None = None,
+              maximum_memory: str | None = None, **kwargs: Any) -> LambdaAdaptive:
+        """Let Lambda scale with demand, at most ``maximum`` tasks at once (or
+        ``maximum_cores`` / ``maximum_memory``); without a maximum, the configured
+        concurrency. Lambda does the adapting itself: nothing runs or bills between bursts,
+        and ``minimum`` has nothing to keep warm, so it is accepted and ignored."""
+        if kwargs:
+            logger.info("adapt(): %s do not apply to Lambda and are ignored",
+                        ", ".join(sorted(kwargs)))
+        cap = None
+        if maximum != math.inf or maximum_cores is not None or maximum_memory is not None:
+            cap = self._cap(0 if maximum == math.inf else maximum, maximum_memory,
+                            maximum_cores, "adapt")
+        cap = cap or self._configured_concurrency
+        adaptive = LambdaAdaptive(self, minimum=minimum, maximum=cap)
+        self._adaptive = adaptive
+        assert self.loop is not None
+        self.loop.add_callback(self._set_concurrency, cap)
+        return adaptive
+
+    def _cap(self, n: Any, memory: Any, cores: Any, method: str) -> int | None:
+        """The concurrency that ``scale(n, memory, cores)`` asks for (None for 0)."""
+        from dask.utils import parse_bytes
+
+        wanted = 0
+        try:
+            if n is not None and n != 0:
+                wanted = max(wanted, int(n))
+                if wanted != n or wanted < 0:
+                    raise ValueError
+            if cores is not None:
+                wanted = max(wanted, int(cores))
+            if memory is not None:
+                per = self.settings.memory * 2**20
+                wanted = max(wanted, -(-parse_bytes(memory) // per))
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"{method}() takes a whole number of workers (Lambda functions running at "
+                f"once), cores, or memory, not n={n!r}, cores={cores!r}, memory={memory!r}: "
+                f"e.g. cluster.{method}({max(1, self.settings.concurrency)})") from None
+        if wanted <= 0:
+            return None
+        limit = self.backend.max_concurrency
+        if limit is not None and wanted > limit:
+            logger.warning("%s(%d): the %s backend runs at most %d tasks at once on this "
+                           "machine; the cap is %d", method, wanted, self.backend.name or
+                           type(self.backend).__name__, limit, limit)
+            wanted = limit
+        return wanted
+
+    async def _set_concurrency(self, concurrency: int) -> None:
+        if self.executor is None or concurrency == self.settings.concurrency:
+            return
+        self.settings = dataclasses.replace(self.settings, concurrency=concurrency)
+        self.executor.governor.set_concurrency(concurrency)
+        await self.backend.set_concurrency(concurrency)
+        spec = self.worker_spec.get(GATEWAY)
+        if spec is not None:
+            spec["options"]["nthreads"] = concurrency
+        worker = self.workers.get(GATEWAY)
+        if worker is not None and self.scheduler is not None:
+            _compat.set_worker_threads(self.scheduler, worker, concurrency)
+
+    async def _restart_gateway(self) -> None:
+        """``client.restart()``: a fresh gateway worker (the scheduler already forgot every
+        task); running invocations are stopped, kept outputs deleted, and the local
+        backend's execution environments replaced, as LocalCluster restarts its workers."""
+        worker = self.workers.pop(GATEWAY, None)
+        if worker is not None:
+            await worker.close(reason="client.restart()")
+        if self.executor is not None:
+            self.executor.reset()
+        recycle = getattr(self.backend, "recycle", None)
+        if recycle is not None:
+            await recycle()
+        self.worker_spec = self._gateway_spec()
+        await self._correct_state()
 
     def _hold_process_settings(self) -> None:
         """Process-wide settings every client of this cluster needs while it is open (undone
@@ -364,6 +473,27 @@ class LambdaCluster(SpecCluster):
             token, self._env_layer = self._env_layer, None
             _ENVIRONMENT.pop(token)
 
+    def __repr__(self) -> str:
+        return card.text(self)
+
+    def _repr_html_(self, cluster_status: Any = None) -> str:
+        return card.html_card(self)
+
+    async def _get_logs(self, cluster: bool = True, scheduler: bool = True,
+                        workers: Any = True) -> Any:
+        """distributed's logs of the cluster, scheduler and gateway worker, and what the
+        tasks printed in Lambda (most recent last, each with its Lambda request id)."""
+        from distributed.utils import Log
+
+        logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
+        executor = self.executor
+        if workers and executor is not None:
+            logs["Lambda tasks"] = Log("\n".join(
+                f"{key} (attempt {entry['attempt']}, request {entry['request_id']}):\n"
+                f"{entry['text'].rstrip()}"
+                for key, entries in executor.logs.items() for entry in entries))
+        return logs
+
     def lambda_stats(self) -> dict:
         """Counters of this cluster's Lambda work (tasks, invocations, cold starts, bytes...)."""
         from dataclasses import asdict
@@ -436,3 +566,27 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
             f"{name} must be a whole number >= {minimum}, not {value!r}: e.g. "
             f"LambdaClient(\"s3://my-bucket\", {name}={max(minimum, 8)})")
     return number
+
+
+class LambdaAdaptive:
+    """What ``LambdaCluster.adapt`` returns: Lambda adapts by itself, within ``maximum``.
+
+    Attributes
+    ----------
+    minimum, maximum
+        As given to ``adapt`` (``maximum``: the concurrency cap it set).
+    """
+
+    def __init__(self, cluster: LambdaCluster, *, minimum: float, maximum: int):
+        self.cluster = cluster
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def stop(self) -> None:
+        """Stop "adapting": the cap stays where it is, as distributed's Adaptive leaves the
+        workers it has."""
+        if self.cluster._adaptive is self:
+            self.cluster._adaptive = None
+
+    def __repr__(self) -> str:
+        return f"<LambdaAdaptive: minimum={self.minimum} maximum={self.maximum}>"

@@ -314,7 +314,18 @@ class LambdaExecutor(_AsyncExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait, cancel_futures=cancel_futures)
         if self._gc is not None:
-            self._gc.get_loop().call_soon_threadsafe(self._gc.cancel)
+            gc, self._gc = self._gc, None
+            gc.get_loop().call_soon_threadsafe(gc.cancel)
+
+    def reset(self) -> None:
+        """Forget every task and output for a new gateway worker (``client.restart()``): the
+        outputs kept in S3 are deleted; counters, cost and logs stay."""
+        for key in list(self.data):
+            del self.data[key]  # releases what each held
+        self._by_key.clear()
+        self._cancelling.clear()
+        self._unreadable.clear()
+        self.worker = None
 
     def cancel(self, key: Any) -> bool:
         """Stop the running task ``key`` (the scheduler no longer wants it): its invocation is
@@ -716,6 +727,7 @@ def gateway_metrics(executor: LambdaExecutor) -> dict:
     stats = executor.stats
     backend = executor.backend
     return {
+        "lambda_concurrency": lambda w: executor.governor.concurrency,
         "lambda_in_flight": lambda w: len(executor._running),
         "lambda_invocations": lambda w: backend.invocations,
         "lambda_cold_starts": lambda w: backend.cold_starts,

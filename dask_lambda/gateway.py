@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import time
 from typing import Any
 
@@ -164,6 +164,24 @@ class GatewayScheduler(Scheduler):
         if worker_saturation is not None:
             self.WORKER_SATURATION = float(worker_saturation)
         self.plan_batches = plan_batches
+        #: Replaces the gateway worker by a fresh one (set by the cluster).
+        self.restart_gateway: Callable[[], Awaitable[None]] | None = None
+
+    async def restart_workers(self, workers: Any = None, *, client: str | None = None,
+                              timeout: float = 30, wait_for_workers: bool = True,
+                              on_error: str = "raise", stimulus_id: str) -> dict:
+        """``client.restart()``: the gateway has no nanny, and distributed would remove it
+        and wait for a deployment system to bring it back; instead the cluster replaces it
+        with a fresh one (its running invocations stopped, its outputs deleted, the local
+        backend's execution environments recycled)."""
+        if self.restart_gateway is None:
+            return await super().restart_workers(
+                workers, client=client, timeout=timeout, wait_for_workers=wait_for_workers,
+                on_error=on_error, stimulus_id=stimulus_id)  # type: ignore[arg-type]
+        old = list(self.workers)
+        await asyncio.wait_for(self.restart_gateway(), timeout)
+        self.log_event("all", {"action": "restart-workers", "workers": old, "client": client})
+        return {addr: "OK" for addr in old}
 
     async def update_graph(self, client: str, expr_ser: Any, keys: Any, *args: Any,
                            **kwargs: Any) -> None:

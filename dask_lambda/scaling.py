@@ -69,6 +69,15 @@ class Governor:
         self._waiters: deque[asyncio.Future] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
+    def set_concurrency(self, concurrency: int) -> None:
+        """A new cap on invocations in flight (``cluster.scale``): invocations beyond a lower
+        cap finish; waiting ones start as far as a higher cap allows."""
+        if self.limit >= self.concurrency:  # not held down by 429s: follow the cap at once
+            self.limit = float(concurrency)
+        self.limit = min(self.limit, float(concurrency))
+        self.concurrency = concurrency
+        self._wake()
+
     def _may_start(self, now: float) -> bool:
         if self.in_flight >= self.limit:
             return False

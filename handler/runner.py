@@ -27,11 +27,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from . import compat, protocol, s3io, trigger
-from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
+from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError  # noqa: F401
 
 _COLD = True
 _S3: Any = None
@@ -40,29 +40,7 @@ _S3: Any = None
 _INTERNAL = (os.path.dirname(__file__), os.path.join("dask", "_task_spec"))
 
 
-def _unavailable(name: str) -> Callable[..., Any]:
-    def stub(*args: Any, **kwargs: Any) -> Any:
-        raise NotAvailableInLambda(
-            f"distributed.{name}() is not available inside a dask-lambda task: the task runs "
-            "in an AWS Lambda function, not on a Dask worker. Pass what the task needs as "
-            "arguments instead (e.g. client.submit(func, data) rather than calling "
-            f"{name}() inside func), and run nested work from the client."
-        )
-
-    stub.__name__ = name
-    return stub
-
-
-_WORKER_ONLY = {"get_worker", "get_client", "worker_client", "secede", "rejoin"}
-_WORKER_MODULES = {"distributed", "distributed.worker", "distributed.client",
-                   "distributed.worker_client", "distributed.secede"}
-
-
-def _find_class(module: str, name: str) -> Any:
-    if module in _WORKER_MODULES and name in _WORKER_ONLY:
-        return _unavailable(name)
-    stand_in = compat.STAND_INS.get((module, name))
-    return stand_in() if stand_in is not None else None
+_find_class = compat.find_class
 
 
 def _s3() -> Any:
@@ -346,6 +324,7 @@ def _peak_rss_mb() -> float:
 
 def handle(event: dict, context: Any) -> dict:
     """Dispatch one Lambda event."""
+    compat.install()  # this process runs tasks: distributed's worker APIs explain themselves
     if "Records" in event:  # S3-trigger mode: an ObjectCreated notification
         return trigger.handle_records(event, context)
     op = event.get("op")

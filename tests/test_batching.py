@@ -229,8 +229,9 @@ def test_batching_false_runs_one_invocation_per_task(s3_endpoint, request):
 
 
 def test_batching_must_be_a_bool():
-    with pytest.raises(TypeError, match=r"batching must be True or False, not 'no': e\.g\. "
-                                        r"LambdaClient\(\.\.\., batching=False\)"):
+    # a setting like any other: ConfigurationError, raised before anything starts
+    with pytest.raises(ConfigurationError, match=r"batching must be True or False, not 'no': "
+                                                 r"e\.g\. LambdaClient\(\.\.\., batching=False\)"):
         LambdaClient("s3://some-bucket", batching="no")
 
 

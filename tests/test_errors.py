@@ -87,6 +87,68 @@ def test_get_worker_inside_a_task_raises_a_clear_error(client):
         client.submit(lambda: get_worker().address).result()
 
 
+def _module_attribute():
+    import distributed
+
+    return distributed.get_client()
+
+
+def _imported_in_body():
+    from distributed import get_client
+
+    return get_client()
+
+
+def _worker_client_in_body():
+    from distributed import worker_client
+
+    with worker_client() as c:
+        return c.id
+
+
+def _secede_in_body():
+    import distributed
+
+    distributed.secede()
+
+
+@pytest.mark.parametrize("func", [_module_attribute, _imported_in_body, _worker_client_in_body,
+                                  _secede_in_body])
+def test_every_spelling_of_a_worker_api_inside_a_task_raises_the_clear_error(client, func):
+    name = {"_module_attribute": "get_client", "_imported_in_body": "get_client",
+            "_worker_client_in_body": "worker_client", "_secede_in_body": "secede"}[
+        func.__name__]
+    with pytest.raises(NotAvailableInLambda) as info:
+        client.submit(func, pure=False).result()
+    assert str(info.value).startswith(
+        f"distributed.{name}() is not available inside a dask-lambda task: the task runs in "
+        "an AWS Lambda function, not on a Dask worker. Pass what the task needs as arguments "
+        f"instead (e.g. client.submit(func, data) rather than calling {name}() inside func)")
+
+
+def _lock_in_body():
+    import distributed
+
+    with distributed.Lock("x"):
+        return 1
+
+
+def _variable_in_body():
+    from distributed import Variable
+
+    return Variable("v").get()
+
+
+@pytest.mark.parametrize(("func", "name"), [(_lock_in_body, "Lock"),
+                                            (_variable_in_body, "Variable")])
+def test_distributed_primitives_inside_a_task_raise_the_clear_error(client, func, name):
+    with pytest.raises(NotAvailableInLambda) as info:
+        client.submit(func, pure=False).result()
+    assert str(info.value).startswith(
+        f"distributed.{name} is not available inside a dask-lambda task: it is kept by the Dask "
+        "scheduler, which a Lambda function cannot reach.")
+
+
 def test_timeout_names_the_setting_and_the_task_and_environment_is_replaced(client):
     t0 = time.monotonic()
     with pytest.raises(LambdaTimeoutError) as info:

@@ -313,6 +313,11 @@ class AwsBackend(Backend):
 
     # -- invoke ---------------------------------------------------------------------------------
 
+    async def set_concurrency(self, concurrency: int) -> None:
+        await super().set_concurrency(concurrency)
+        if self._invoker is not None:
+            self._invoker.set_concurrency(concurrency)
+
     async def invoke(self, event: dict) -> dict:
         if self.mode == "trigger":
             self.invocations += 1

@@ -82,6 +82,18 @@ class Backend(abc.ABC):
                 f"made without settings, e.g. LambdaClient(..., backend={type(self).__name__}())")
         self.settings = settings
 
+    async def set_concurrency(self, concurrency: int) -> None:
+        """Allow ``concurrency`` invocations at once from now on (``cluster.scale``); the
+        client paces invocations itself, this resizes what the backend holds for them."""
+        import dataclasses
+
+        self.settings = dataclasses.replace(self.settings, concurrency=concurrency)
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """The most invocations this backend can run at once (None: Lambda's account limit)."""
+        return None
+
     @property
     def billed_memory_mb(self) -> int:
         """Memory (MB) Lambda bills each invocation at: the client's ``memory`` setting, unless

@@ -76,6 +76,16 @@ class FunctionInvoker:
         self.redeploy = redeploy
         self.on_sent = on_sent
 
+    def set_concurrency(self, concurrency: int) -> None:
+        """Hold up to ``concurrency`` invokes at once (each holds a connection while the
+        function runs). The sdk client keeps the connection pool it was made with."""
+        from .lambda_api import raise_open_files_limit
+
+        connections = max(10, concurrency)
+        raise_open_files_limit(connections)
+        if self.direct is not None:
+            self.direct.pool.set_limit(connections)
+
     async def invoke(self, event: dict) -> dict:
         """Run ``event`` and return the handler's response (a dict)."""
         body, function_error, log, request_id = await self.send(json.dumps(event).encode())

@@ -221,6 +221,10 @@ class HttpPool:
             conn.close()
         return None
 
+    def set_limit(self, max_connections: int) -> None:
+        """At most ``max_connections`` from now on (requests under way keep theirs)."""
+        self._slots = asyncio.Semaphore(max_connections)
+
     async def request(self, method: str, path: str, headers: dict[str, str], body: bytes,
                       timeout: float) -> Response:
         """Send one request and read its answer (``timeout``: seconds for the answer)."""

@@ -46,6 +46,16 @@ class _Died(Exception):
     pass
 
 
+def machine_concurrency_limit() -> int:
+    """The most execution environments this machine runs at once: each is an interpreter
+    with dask, numpy and pandas loaded (about 150 MB), and more than a few per core only
+    queue for the cores."""
+    import psutil
+
+    cores = os.cpu_count() or 1
+    return max(4, min(16 * cores, psutil.virtual_memory().total // (150 * 2**20)))
+
+
 class _Environment:
     """One execution environment: a runtime process and its private directory."""
 
@@ -53,6 +63,7 @@ class _Environment:
         self.proc = proc
         self.directory = directory
         self.busy = False
+        self.generation = 0
         self.memory_limit = 0
         self.oom_rss = 0
         self._ps: Any = None
@@ -119,6 +130,7 @@ class LocalBackend(LocalS3Backend):
         self._idle: list[_Environment] = []
         self._all: set[_Environment] = set()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._generation = 0  # environments of an older generation are not reused
         self._monitor: asyncio.Task | None = None
         self._closed = False
 
@@ -144,6 +156,25 @@ class LocalBackend(LocalS3Backend):
         await self.close_s3()
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def set_concurrency(self, concurrency: int) -> None:
+        await super().set_concurrency(concurrency)
+        # Invocations under way release the semaphore they took; the client's governor caps
+        # the total meanwhile.
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @property
+    def max_concurrency(self) -> int:
+        return machine_concurrency_limit()
+
+    async def recycle(self) -> None:
+        """Replace every execution environment by a fresh one (``client.restart()``), as
+        LocalCluster restarts its worker processes: idle ones go now, busy ones as their
+        invocation ends."""
+        for env in list(self._idle):
+            await self._discard(env)
+        self._idle.clear()
+        self._generation += 1
 
     # -- execution environments ---------------------------------------------------------
 
@@ -173,6 +204,7 @@ class LocalBackend(LocalS3Backend):
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             cwd=directory, env=self._environment_variables(directory))
         env = _Environment(proc, directory)
+        env.generation = self._generation
         self._all.add(env)
         try:
             hello = await asyncio.wait_for(env.read(), START_TIMEOUT)
@@ -268,7 +300,10 @@ class LocalBackend(LocalS3Backend):
                 await self._discard(env)
                 raise
             env.busy = False
-            self._idle.append(env)
+            if env.generation == self._generation:
+                self._idle.append(env)
+            else:  # started before a restart: replaced by a fresh one
+                await self._discard(env)
         if "error" in reply:
             err = reply["error"]
             raise FunctionError(f"{err['errorType']}: {err['errorMessage']}", err["errorType"])

@@ -333,6 +333,11 @@ class SimulatedBackend(LocalS3Backend):
 
     # -- invoke -----------------------------------------------------------------------
 
+    async def set_concurrency(self, concurrency: int) -> None:
+        await super().set_concurrency(concurrency)
+        if self._invoker is not None:
+            self._invoker.set_concurrency(concurrency)
+
     async def invoke(self, event: dict) -> dict:
         if self._closed or self._invoker is None:
             raise HandlerCrashedError("the simulated backend is closed")
