@@ -22,6 +22,7 @@ import base64
 import concurrent.futures
 import contextvars
 import functools
+import hashlib
 import itertools
 import logging
 import random
@@ -299,6 +300,12 @@ class LambdaExecutor(_AsyncExecutor):
         self.durations: dict[str, deque[float]] = {}
         #: Keys whose running task `cancel` stopped (until their task has ended).
         self._cancelling: set = set()
+        #: Files shipped with every job (``client.upload_file``), by name.
+        self._uploaded: dict[str, bytes] = {}
+        #: Local modules' files, by module: (the submission they were read in, file or None).
+        self._module_files: dict[str, tuple[int, tuple[str, bytes] | None]] = {}
+        #: Files already in S3 for this run, by content hash.
+        self._shipped: dict[str, str] = {}
         #: Keys whose output could not be read by a gather: (times, last error).
         self._unreadable: dict[Any, tuple[int, BaseException]] = {}
         #: The gateway worker, once it has started (`dask_lambda.gateway.GatewayWorker`).
@@ -374,13 +381,19 @@ class LambdaExecutor(_AsyncExecutor):
             self.stats.local_tasks += 1
             return self._finished(task(data), start, delay)
         try:
-            frames = serialize.dumps((task, (data,), {}))
+            frames, modules = serialize.dumps_shipping((task, (data,), {}))
         except Exception as exc:
             return self._erred(key, serialize.unpicklable(key, exc), None, "", start, delay)
+        header: dict = {"kind": "job", "key": str(key)}
+        if modules or self._uploaded:
+            try:
+                header["files"] = await self._files(modules)
+            except Exception as exc:  # S3 refused or failed: the task cannot be sent
+                return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start,
+                                   delay)
         token = protocol.task_token(key) + f"-{next(self._seq)}"
         at = protocol.identity(self.layout.bucket, self.layout.job_key(token, 0))
-        parts = protocol.encode_parts({"kind": "job", "key": str(key)}, frames, self.signing_key,
-                                      at)
+        parts = protocol.encode_parts(header, frames, self.signing_key, at)
         del frames, data
         prefixes = batching.group_prefixes(task)
         if prefixes is None:
@@ -614,6 +627,40 @@ class LambdaExecutor(_AsyncExecutor):
         self._unreadable[key] = (count, exc)
         self.stats.retries += 1
         return count
+
+    # -- files that travel with the jobs ----------------------------------------------------
+
+    def upload_file(self, filename: str, data: bytes) -> None:
+        """Ship ``filename`` (a ``.py``, ``.zip`` or ``.egg``, from ``client.upload_file``)
+        with every later job: the handler puts it on ``sys.path`` before it runs the task."""
+        self._uploaded[filename] = bytes(data)
+
+    async def _files(self, modules: frozenset[str]) -> list:
+        """``[[name, sha256, key], ...]``: the uploaded files and the local modules a job
+        imports, each uploaded to S3 once per run (signed, under the run's jobs prefix)."""
+        submission = serialize.submission()
+        wanted: dict[str, bytes] = dict(self._uploaded)
+        for module in sorted(modules):
+            cached = self._module_files.get(module)
+            if cached is None or cached[0] != submission:
+                cached = self._module_files[module] = (
+                    submission, serialize.local_module_file(module))
+            if cached[1] is not None:
+                wanted.setdefault(*cached[1])
+        entries = []
+        for name, data in wanted.items():
+            sha = hashlib.sha256(data).hexdigest()
+            key = self._shipped.get(sha)
+            if key is None:
+                key = self.layout.file_key(sha, name)
+                parts = protocol.encode_parts({"kind": "file", "name": name, "sha": sha},
+                                              [data], self.signing_key,
+                                              protocol.identity(self.layout.bucket, key))
+                await self.store.put(key, parts)
+                self.stats.bytes_sent += protocol.parts_size(parts)
+                self._shipped[sha] = key
+            entries.append([name, sha, key])
+        return entries
 
     def release(self, ref: protocol.ObjectRef) -> None:
         """The scheduler released the key holding ``ref``: its object can go."""

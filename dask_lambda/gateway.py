@@ -39,6 +39,7 @@ from distributed.worker_state_machine import (
 
 from . import serialize
 from .batching import BatchedExpr, BatchSettings
+from .errors import NotAvailableInLambda
 from .executor import RESOLVED, LambdaExecutor
 
 logger = logging.getLogger("dask_lambda")
@@ -88,6 +89,58 @@ class GatewayWorker(Worker):
                        type(exc).__name__, exc, attempt, self.lambda_executor.retries)
         self.handle_stimulus(RemoveReplicasEvent(
             keys=[key], stimulus_id=f"dask-lambda-unreadable-{time()}"))
+
+    # -- what distributed would run on its workers, here -----------------------------------
+
+    async def upload_file(self, filename: str, data: str | bytes, load: bool = True
+                          ) -> dict[str, Any]:
+        """``client.upload_file(path)``: importable here (as on any worker) and shipped with
+        every later job, so that tasks in Lambda import it too."""
+        result = await super().upload_file(filename, data, load)
+        self.lambda_executor.upload_file(
+            filename, data.encode() if isinstance(data, str) else data)
+        return result
+
+    async def run(self, comm: Any, function: Any, args: Any = (), wait: bool = True,
+                  kwargs: Any = None) -> Any:
+        from distributed.core import error_message
+
+        return error_message(NotAvailableInLambda(
+            "client.run(f) runs f on each worker, and this cluster's one worker is the gateway "
+            "in your own process: its tasks run in Lambda functions, which client.run cannot "
+            "reach. To run f in Lambda, submit it (client.submit(f, pure=False), or "
+            "client.map over the inputs); to run it here, call f() directly."))
+
+    async def run_coroutine(self, comm: Any, function: Any, args: Any = (),
+                            kwargs: Any = None, wait: bool = True) -> Any:
+        return await self.run(comm, function, args, wait, kwargs)
+
+    async def plugin_add(self, plugin: Any, name: str | None = None,
+                         catch_errors: bool = True) -> Any:
+        """distributed's own machinery is set up here as on any worker; a plugin meant to
+        prepare the workers that run tasks is refused with what to do instead: nothing
+        silently runs only in this process."""
+        import pickle
+
+        from distributed.core import error_message
+
+        if isinstance(plugin, bytes):
+            plugin = pickle.loads(plugin)
+        kind = type(plugin).__name__
+        advice = _PLUGIN_ADVICE.get(kind)
+        if kind == "_InstallWorkerPlugin" and self.lambda_executor.backend.name == "local":
+            advice = None  # (PipInstall) the local backend's tasks run in this environment
+        if advice is None and type(plugin).__module__.partition(".")[0] == "distributed":
+            return await super().plugin_add(plugin, name, catch_errors)
+        error = NotAvailableInLambda(
+            f"worker plugin {type(plugin).__name__} would run only on the gateway worker in "
+            "this process, not where tasks run (Lambda functions have no Dask worker): "
+            + (advice or "do the setup inside the task function, or once per execution "
+               "environment in a module the task imports (modules beside your script travel "
+               "with the jobs; client.upload_file(path) sends others)."))
+        if not catch_errors:
+            raise error
+        return error_message(error)
 
     def handle_stimulus(self, *stims: Any) -> None:
         super().handle_stimulus(*stims)
@@ -200,6 +253,23 @@ class GatewayScheduler(Scheduler):
         return await super().update_graph(client, expr_ser, keys, *args, **kwargs)
 
 
+    async def register_nanny_plugin(self, comm: Any, plugin: Any, name: str,
+                                    idempotent: bool | None = None) -> dict:
+        """Nanny plugins prepare worker processes; here there are none (tasks run in Lambda
+        functions): refuse them with what to do instead, rather than do nothing."""
+        import pickle
+
+        try:
+            kind = type(pickle.loads(plugin) if isinstance(plugin, bytes) else plugin).__name__
+        except Exception:
+            kind = "this plugin"
+        raise NotAvailableInLambda(
+            f"nanny plugin {kind} prepares Dask worker processes, and a Lambda cluster has "
+            "none (its tasks run in Lambda functions): "
+            + _PLUGIN_ADVICE.get(kind.lstrip("_").replace("NannyPlugin", ""),
+                                 "do the setup inside the task function instead."))
+
+
 #: Objects handed to distributed in this process as if they had been serialized (a graph the
 #: scheduler rewrote), so that nothing is pickled twice.
 _HANDED: dict[int, Any] = {}
@@ -215,3 +285,19 @@ def _handed_over(obj: Any) -> Serialized:
 
 register_serialization_family(_IN_PROCESS, None,
                               lambda header, frames: _HANDED.pop(header["token"]))
+
+
+#: What to do instead of distributed's plugins that prepare workers.
+_PLUGIN_ADVICE = {
+    "_InstallWorkerPlugin": "a Lambda function has the packages it was deployed with: add "
+                            "them with `dask-lambda deploy --extra-packages NAME,...`.",
+    "PipInstall": "a Lambda function has the packages it was deployed with: add them with "
+                  "`dask-lambda deploy --extra-packages NAME,...` (the local backend uses "
+                  "this environment: pip install them here).",
+    "CondaInstall": "a Lambda function has the packages it was deployed with: add them with "
+                    "`dask-lambda deploy --extra-packages NAME,...`.",
+    "Environ": "set the variables inside the task function (os.environ[...] = ...), or pass "
+               "the values as arguments.",
+    "UploadDirectory": "put the files in S3 and read them from there inside the task, or "
+                       "client.upload_file(path) for a module or a .zip of modules.",
+}

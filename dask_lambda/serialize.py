@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import sys
 import types
 import weakref
@@ -71,12 +72,30 @@ _by_value: weakref.WeakKeyDictionary[types.FunctionType, bytes] = weakref.WeakKe
 
 
 _BY_REFERENCE = b""  # marks a function cloudpickle pickles by reference (module and name)
+#: The local modules each function of `_by_value` imports in its body (see `_body_imports`).
+_imports: weakref.WeakKeyDictionary[types.FunctionType, frozenset[str]] = (
+    weakref.WeakKeyDictionary())
+#: Local modules the functions pickled by the current `dumps` import (None: not collecting).
+_collected: set[str] | None = None
+
+
+_submissions = itertools.count(1)
+#: Which submission the caches above belong to (see `submission`).
+_submission = 0
 
 
 def new_submission() -> None:
     """Forget the functions pickled so far (the client is submitting a graph)."""
-    global _by_value
+    global _by_value, _imports, _submission
     _by_value = weakref.WeakKeyDictionary()
+    _imports = weakref.WeakKeyDictionary()
+    _submission = next(_submissions)
+
+
+def submission() -> int:
+    """A number that changes whenever the client submits a graph (what was read from local
+    files before it may have changed since)."""
+    return _submission
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -93,6 +112,8 @@ class _Pickler(cloudpickle.Pickler):
                 blob = by_value[obj] = _dump_function(obj)
             elif blob is _BY_REFERENCE:
                 return super().reducer_override(obj)
+            if _collected is not None:
+                _collected.update(_imports.get(obj, ()))
             return protocol.load_nested, (blob,)
         return super().reducer_override(obj)
 
@@ -104,11 +125,48 @@ def _by_reference(func: types.FunctionType) -> bool:
 
 
 def _dump_function(func: types.FunctionType) -> bytes:
-    buf = io.BytesIO()
-    pickler = _Pickler(buf, protocol=5)
-    pickler._whole = func  # this one by value, as cloudpickle does; functions it uses cached
-    pickler.dump(func)
+    global _collected
+    outer, _collected = _collected, set(_body_imports(func))
+    try:
+        buf = io.BytesIO()
+        pickler = _Pickler(buf, protocol=5)
+        pickler._whole = func  # this one by value, as cloudpickle does; functions it uses cached
+        pickler.dump(func)
+        _imports[func] = frozenset(_collected)  # its own imports and those of what it uses
+    finally:
+        _collected = outer
     return buf.getvalue()
+
+
+def _body_imports(func: types.FunctionType) -> set[str]:
+    """The local top-level modules (not installed, not the standard library) that ``func``'s
+    code imports when it runs (``import helpers``, ``from . import x`` in a local package):
+    a Lambda function has only what is deployed, so these travel with the jobs."""
+    import dis
+    import importlib.util
+
+    found: set[str] = set()
+    package = func.__globals__.get("__package__") or ""
+    codes = [func.__code__]
+    while codes:
+        code = codes.pop()
+        consts: list[Any] = []
+        for instr in dis.get_instructions(code):
+            if instr.opname in ("LOAD_CONST", "LOAD_SMALL_INT"):
+                consts = (consts + [instr.argval])[-2:]
+            elif instr.opname == "IMPORT_NAME":
+                level = consts[0] if len(consts) == 2 and isinstance(consts[0], int) else 0
+                name = instr.argval
+                try:
+                    full = importlib.util.resolve_name("." * level + name, package) \
+                        if level else name
+                except (ImportError, ValueError):
+                    continue
+                top = full.partition(".")[0]
+                if top and top not in _installed_top_levels():
+                    found.add(top)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
 
 
 def prepare() -> None:
@@ -119,8 +177,55 @@ def prepare() -> None:
 
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` as job frames, shipping non-installed modules by value."""
+    return dumps_shipping(obj)[0]
+
+
+def dumps_shipping(obj: Any) -> tuple[list, frozenset[str]]:
+    """`dumps`, and the local top-level modules that its functions import in their bodies
+    (to be shipped with the job, see `local_module_file`)."""
+    global _collected
     _register_local_modules()
-    return protocol.dumps_object(obj, pickler=_Pickler)
+    outer, _collected = _collected, set()
+    try:
+        frames = protocol.dumps_object(obj, pickler=_Pickler)
+        return frames, frozenset(_collected)
+    finally:
+        _collected = outer
+
+
+def local_module_file(name: str) -> tuple[str, bytes] | None:
+    """``(file name, bytes)`` that make the local top-level module ``name`` importable
+    where it is put on ``sys.path``: its ``.py`` file, or its package as a ``.zip``; None
+    where it has no source here (a built-in, a namespace, ``__main__``)."""
+    import importlib.util
+    import os
+    import zipfile
+
+    if name == "__main__":
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    if spec.submodule_search_locations:  # a package: its Python files, zipped
+        root = os.path.dirname(spec.origin)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for folder, dirs, files in sorted(os.walk(root)):
+                dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+                for file in sorted(files):
+                    if file.endswith(".py"):
+                        path = os.path.join(folder, file)
+                        arc = os.path.join(name, os.path.relpath(path, root))
+                        zf.writestr(zipfile.ZipInfo(arc, (1980, 1, 1, 0, 0, 0)),
+                                    open(path, "rb").read())
+        return f"{name}.zip", buf.getvalue()
+    if spec.origin.endswith(".py"):
+        with open(spec.origin, "rb") as f:
+            return f"{name}.py", f.read()
+    return None
 
 
 def unpicklable(key: Any, exc: BaseException) -> TaskSerializationError:

@@ -10,6 +10,7 @@ Key layout, under the user's prefix ``P`` (may be empty)::
     P/results/<run>/<hh>/<task>-a<attempt>.out    outputs and errors
     P/results/<run>/_claims/<hh>/<task>-a<n>.out  S3-trigger mode: a job's claim
     P/results/<run>/_done/<hh>/<task>-a<n>.out.json   S3-trigger mode: its completion record
+    P/jobs/<run>/_files/<hh>/<sha>-<name>         modules and files that travel with the jobs
     P/runs/<run>.json                             a live client's marker, rewritten as heartbeat
 
 A *run* is one client's lifetime; everything it wrote lives below its run id,
@@ -180,6 +181,10 @@ class Layout:
         """Key of an attempt's output object."""
         return f"{self.results_root}{self.run}/{token}-a{attempt}.out"
 
+    def file_key(self, sha: str, name: str) -> str:
+        """Key of a file that travels with the run's jobs (a module, ``upload_file``)."""
+        return f"{self.jobs_root}{self.run}/{FILES}/{sha[:2]}/{sha[2:18]}-{name}"
+
     @property
     def done_prefix(self) -> str:
         """Prefix of the run's S3-trigger completion records (what the client lists)."""
@@ -203,6 +208,9 @@ def job_identity(job_key: str) -> str:
     """
     return _TRIGGER_ATTEMPT.sub("-a0.job", job_key)
 
+
+#: Folder of the files that travel with a run's jobs (modules, ``client.upload_file``).
+FILES = "_files"
 
 #: Folders beside a run's outputs (S3-trigger mode): a job's claim, its completion record.
 CLAIMS = "_claims"

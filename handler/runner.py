@@ -183,6 +183,43 @@ def _resolve(args: tuple, key: bytes) -> tuple:
                  for a in args)
 
 
+#: Files that travel with jobs and are installed here, by content hash: their folder.
+_INSTALLED: dict[str, str] = {}
+
+
+def _install_files(bucket: str, files: Any, key: bytes) -> None:
+    """Put the job's modules and uploaded files (``[[name, sha256, s3 key], ...]``) on
+    ``sys.path``, each fetched and verified once per execution environment; a newer version
+    of a module replaces the one imported before."""
+    import hashlib
+    import importlib
+
+    changed = False
+    for name, sha, s3_key in files:
+        if sha in _INSTALLED:
+            continue
+        raw = s3io.get(_s3(), bucket, s3_key, _transfer_concurrency())
+        payload = protocol.decode(raw, key, protocol.identity(bucket, s3_key))
+        data = bytes(payload.frames[0])
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise protocol.PayloadError(f"refused s3://{bucket}/{s3_key}: its content is not "
+                                        f"the {name} the job names")
+        folder = os.path.join(tempfile.gettempdir(), "dask-lambda-files", sha[:16])
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        entry = path if name.endswith((".zip", ".egg")) else folder
+        sys.path.insert(0, entry)
+        _INSTALLED[sha] = folder
+        module = name.rsplit(".", 1)[0]
+        for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+            del sys.modules[loaded]  # the next import gets this version
+        changed = True
+    if changed:
+        importlib.invalidate_caches()
+
+
 def _sizeof(value: Any) -> int:
     try:
         from dask.sizeof import sizeof
@@ -264,6 +301,8 @@ def _run(event: dict, context: Any) -> dict:
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
     t1 = time.time()
 
+    # modules the job imports; a missing or refused one raises out of the handler
+    _install_files(bucket, job.header.get("files") or (), key)
     try:
         func, args, kwargs = job.load(find_class=_find_class)
     except Exception as exc:  # e.g. a module the task needs is not installed here
