@@ -40,7 +40,9 @@ def test_demo_command_runs_a_real_workload(tmp_path):
 NOTEBOOK_OUTPUTS = {
     "quickstart.ipynb": ["raised in Lambda, caught here: negative input: -1", "future: 6",
                          "'invocations':"],
-    "dataframe.ipynb": ["partitions written: 14", "100% Completed", "'dollars':"],
+    "dataframe.ipynb": ["backend=local, bucket=s3://dataframe-example/dask",  # the cluster card
+                        "concurrency=2 tasks at once", "partitions written: 14", "100% Completed",
+                        "'dollars':"],
 }
 
 
