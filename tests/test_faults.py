@@ -357,9 +357,11 @@ def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
     left = list_keys(s3, bucket)
     assert any("/jobs/" in k for k in left) and any(k.startswith("f/runs/") for k in left)
 
-    # A later client removes what the dead one left once it is stale (here: at once).
+    # A later client removes what the dead one left once it is stale (here: after 3 s, the
+    # least stale-after a heartbeat of 1 s allows).
+    time.sleep(3.5)
     with LambdaClient(f"s3://{bucket}/f", local_s3_endpoint=s3_endpoint, concurrency=1,
-                      stale_after=0, dashboard_address=None) as client:
+                      heartbeat=1, stale_after=3, dashboard_address=None) as client:
         assert sum(client.cluster.stale_runs_removed.values()) == len(left)
         assert client.submit(sum, [1, 2]).result() == 3
     assert list_keys(s3, bucket) == []
