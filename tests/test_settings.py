@@ -404,3 +404,16 @@ def test_a_refused_start_leaves_no_directory_and_no_process(tmp_path, monkeypatc
             LambdaClient("s3://t-refused", local_s3_endpoint=endpoint, dashboard_address=None)
         assert _leftovers() == server
     assert _leftovers() == before
+
+
+def test_one_setting_can_be_read_alone_for_tools():
+    from dask_lambda import settings
+
+    assert settings.read("stale_after") == 3600  # the packaged "1 hour"
+    with dask.config.set({"lambda.stale-after": "2 hours"}):
+        assert settings.read("stale_after") == 7200
+    with dask.config.set({"lambda.stale-after": "abc"}), pytest.raises(ConfigurationError) as info:
+        settings.read("stale_after")
+    assert str(info.value).startswith('lambda.stale-after="abc" is not valid: \'abc\' is not a '
+                                      "duration. Setting `stale_after=` (lambda.stale-after, "
+                                      "DASK_LAMBDA__STALE_AFTER)")
