@@ -61,7 +61,7 @@ class LambdaCluster(SpecCluster):
     def __init__(self, bucket: Any = NOT_GIVEN, *, settings: Settings | None = None,
                  local_faults: Any = None, asynchronous: bool = False, loop: Any = None,
                  **options: Any):
-        # Every setting is checked here, before anything (a directory, a process) exists.
+        # Every setting is checked (by Settings) before anything, a directory or a process, exists.
         if settings is None:
             settings = Settings.from_arguments(bucket, **options)
         elif bucket is not NOT_GIVEN or options:
