@@ -59,14 +59,15 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 from dask._task_spec import GraphNode, Task, TaskRef, convert_legacy_graph, cull
 from dask.utils import key_split, parse_timedelta
 from dask_lambda_handler.batch import run_batch
 
-from .errors import ConfigurationError
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["BatchSettings", "BatchedExpr", "fuse_graph", "group_prefixes"]
 
@@ -98,40 +99,21 @@ class BatchSettings:
     durations: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, timeout: float, measured: Mapping[str, float]) -> BatchSettings:
-        """Settings from ``lambda.batching.*``, this client's timeout and measured durations."""
-        cfg = dask.config.get("lambda.batching")
-        unknown = cfg.get("unknown-duration")
-        if unknown is None:
-            unknown = dask.config.get("distributed.scheduler.unknown-task-duration")
-        max_duration = cfg.get("max-duration")
+    def from_settings(cls, settings: Settings, measured: Mapping[str, float]) -> BatchSettings:
+        """The client's checked ``lambda.batching.*`` settings, with the durations known:
+        ``measured`` (this client's, by prefix) over distributed's
+        ``scheduler.default-task-durations``."""
+        max_tasks, max_duration = settings.batching_max_tasks, settings.batching_max_duration
+        overhead, unknown = settings.batching_overhead, settings.batching_unknown_duration
+        if (not settings.batching or max_tasks is None or max_duration is None
+                or overhead is None or unknown is None):
+            raise ValueError("batching is off in these settings: there is nothing to fuse")
         durations = {k: parse_timedelta(v) for k, v in
                      (dask.config.get("distributed.scheduler.default-task-durations", None)
                       or {}).items()}
         durations.update(measured)
-        try:
-            settings = cls(max_tasks=int(cfg["max-tasks"]),
-                           max_duration=timeout / 10 if max_duration is None
-                           else float(parse_timedelta(max_duration)),
-                           overhead=float(parse_timedelta(cfg["overhead"])),
-                           unknown_duration=float(parse_timedelta(unknown)),
-                           durations=durations)
-        except (TypeError, ValueError, KeyError) as exc:  # parse_timedelta: KeyError for units
-            raise ConfigurationError(
-                f"lambda.batching is not valid ({exc}): e.g. dask.config.set("
-                "{'lambda.batching.max-tasks': 64, 'lambda.batching.overhead': '100ms'})"
-            ) from None
-        bad = [name for name, ok in (("max-tasks", settings.max_tasks >= 1),
-                                     ("max-duration", settings.max_duration > 0),
-                                     ("overhead", settings.overhead >= 0),
-                                     ("unknown-duration", settings.unknown_duration >= 0))
-               if not ok]
-        if bad:
-            raise ConfigurationError(
-                f"lambda.batching.{bad[0]} must be positive (max-tasks at least 1), not "
-                f"{cfg.get(bad[0])!r}: e.g. dask.config.set({{'lambda.batching.max-tasks': 64}}), "
-                "or LambdaClient(..., batching=False) to turn batching off")
-        return settings
+        return cls(max_tasks=max_tasks, max_duration=max_duration, overhead=overhead,
+                   unknown_duration=unknown, durations=durations)
 
     def duration(self, key: Any) -> float:
         return self.durations.get(key_split(key), self.unknown_duration)

@@ -68,13 +68,12 @@ def _cleanup(args: argparse.Namespace) -> int:
 
     from dask_lambda_handler import protocol
 
-    from . import config, runs
-    from .cluster import parse_bucket
+    from . import runs, settings
     from .store import S3Store
 
-    bucket, prefix = parse_bucket(args.bucket)
-    older_than = float(config.get("stale-after", args.older_than))
-    heartbeat = float(config.get("heartbeat"))
+    bucket, prefix = settings.parse_bucket(args.bucket)
+    older_than = settings.read("stale_after") if args.older_than is None else args.older_than
+    heartbeat = settings.read("heartbeat")
     if not older_than >= runs.MIN_STALE_BEATS * heartbeat:
         print(f"dask-lambda cleanup: --older-than {older_than:g} would delete the objects of "
               f"clients that are still running (they rewrite their marker every {heartbeat:g} "
@@ -125,6 +124,20 @@ def _config() -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A duration argument: seconds or a string such as "2 hours", not negative."""
+    from dask.utils import parse_timedelta
+
+    try:
+        seconds = float(parse_timedelta(text))
+    except (ValueError, KeyError, TypeError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds or e.g. '2 hours'")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dask-lambda`` console script."""
     parser = argparse.ArgumentParser(prog="dask-lambda",
@@ -139,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cleanup = sub.add_parser(
         "cleanup", help="remove the objects that dead clients left in a bucket")
     cleanup.add_argument("--bucket", required=True, help="bucket or s3://bucket/prefix")
-    cleanup.add_argument("--older-than", type=float, default=None,
-                         help="seconds a run must have been idle (default: lambda.stale-after)")
+    cleanup.add_argument("--older-than", default=None, type=_seconds,
+                         help="how long a run must have been idle, seconds or e.g. '2 hours' "
+                              "(default: lambda.stale-after)")
     cleanup.add_argument("--endpoint-url", default=None,
                          help="S3 endpoint (default: boto's, e.g. AWS_ENDPOINT_URL)")
     cleanup.add_argument("--region", default=None, help="AWS region (default: boto's)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
 
 from distributed import Client
 
-from .backends.base import Backend
 from .cluster import LambdaCluster
+from .errors import SettingTypeError
 from .serialize import find_unpicklable
+from .settings import NOT_GIVEN, Settings
 
 
 class LambdaClient(Client):
@@ -17,7 +20,8 @@ class LambdaClient(Client):
     Parameters
     ----------
     bucket
-        ``"s3://bucket/prefix"`` or ``"bucket"``: where job and result objects go.
+        ``"s3://bucket/prefix"`` or ``"bucket"``: where job and result objects go. The local
+        backend needs none (it makes a private one).
     backend
         ``"local"`` (default: processes on this machine acting as Lambda, with a
         local S3 server; no AWS account needed) or ``"aws"``; or a `Backend` instance
@@ -26,35 +30,39 @@ class LambdaClient(Client):
         client's settings.
     concurrency
         Most tasks running at once.
-    memory, timeout
-        Memory (MB) and timeout (s) of each function invocation.
+    memory, function_timeout
+        Memory (MB, or a size such as ``"4 GiB"``) and timeout (seconds, or a duration such
+        as ``"5 minutes"``) of each function invocation. ``timeout=`` is the old spelling of
+        ``function_timeout=`` (deprecated: it is ``Client``'s connect timeout in distributed).
     batching
         Run chains and small subtrees of short tasks in one invocation when that is
         faster (default ``lambda.batching.enabled``, true); see `dask_lambda.batching`.
+    local_faults
+        Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
     **kwargs
-        Other cluster settings (``inline_max``, ``retries``, ``local_s3_endpoint``,
-        ``dashboard_address``) and ``distributed.Client`` arguments
-        (``asynchronous``, ``set_as_default``, ...).
+        The other settings (every argument named in
+        `dask_lambda.settings.Settings.arguments`: ``inline_max``, ``retries``,
+        ``dashboard_address``, ``heartbeat``, ``local_s3_endpoint``, ...) and
+        ``distributed.Client`` arguments (``set_as_default``, ``name``, ...). A setting not
+        given comes from ``dask.config``; ``None`` turns off the settings that have an "off"
+        (``dashboard_address``, ``cost_budget``, ``max_output``, ``oom_retry_memory``).
 
     Examples
     --------
     >>> from dask_lambda import LambdaClient
-    >>> with LambdaClient("s3://my-bucket/dask", backend="local") as client:  # doctest: +SKIP
+    >>> with LambdaClient(memory="4 GiB", function_timeout="5 minutes") as client:  # doctest: +SKIP
     ...     df.groupby("name").x.mean().compute()
     """
 
-    _CLUSTER_ARGS = ("inline_max", "retries", "locality", "max_output", "oom_retry_memory",
-                     "cost_budget", "stale_after", "local_faults", "local_s3_endpoint",
-                     "dashboard_address", "function", "region", "mode", "loop")
-
-    def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
-                 concurrency: int | None = None, memory: int | None = None,
-                 timeout: float | None = None, batching: bool | None = None,
-                 asynchronous: bool = False, **kwargs: Any):
-        cluster_args = {k: kwargs.pop(k) for k in self._CLUSTER_ARGS if k in kwargs}
-        cluster = LambdaCluster(bucket, backend=backend, concurrency=concurrency,
-                                memory=memory, timeout=timeout, batching=batching,
-                                asynchronous=asynchronous, **cluster_args)
+    def __init__(self, bucket: Any = NOT_GIVEN, *, asynchronous: bool = False,
+                 local_faults: Any = None, **kwargs: Any):
+        settings_args = {k: kwargs.pop(k) for k in Settings.arguments() if k in kwargs}
+        _refuse_unknown(kwargs)
+        # Every setting is checked before anything is made.
+        settings = Settings.from_arguments(bucket, **settings_args)
+        self.batching = settings.batching
+        cluster = LambdaCluster(settings=settings, local_faults=local_faults,
+                                asynchronous=asynchronous, loop=kwargs.pop("loop", None))
         try:
             super().__init__(cluster, asynchronous=asynchronous, **kwargs)
         except BaseException:
@@ -70,11 +78,6 @@ class LambdaClient(Client):
             if error is None:
                 raise
             raise error from exc
-
-    @property
-    def batching(self) -> bool:
-        """Whether chains and small subtrees of short tasks run in one invocation."""
-        return bool(self.cluster.batching)
 
     async def _close(self, fast: bool = False) -> None:
         try:
@@ -101,3 +104,23 @@ class LambdaClient(Client):
     def lambda_stats(self) -> dict:
         """Counters of this client's Lambda work: tasks, invocations, batches, retries, bytes."""
         return self.cluster.lambda_stats()
+
+
+def _client_arguments() -> tuple[str, ...]:
+    """The keyword arguments ``distributed.Client`` takes (besides the cluster)."""
+    params = inspect.signature(Client.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY
+                 or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "address")))
+
+
+def _refuse_unknown(kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that is neither a setting nor a ``Client`` argument: distributed's
+    Client would ignore it (its ``**kwargs`` are for a LocalCluster it does not make here)."""
+    known = (*Settings.arguments(), *_client_arguments(), "local_faults")
+    for name in kwargs:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f": did you mean {near[0]}=?" if near else ""
+            raise SettingTypeError(
+                f"LambdaClient got {name}=, which is neither a dask-lambda setting nor a "
+                f"distributed.Client argument{hint}")

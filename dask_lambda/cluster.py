@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import secrets
 import tempfile
 import time
@@ -24,7 +23,7 @@ from dask_lambda_handler import protocol
 from distributed.deploy.spec import NoOpAwaitable, SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
-from . import _compat, card, config, gc_tuning, runs
+from . import _compat, card, gc_tuning, runs
 from .backends.base import Backend, FunctionSettings
 from .batching import BatchSettings
 from .cost import CostMeter
@@ -32,6 +31,7 @@ from .deploy.names import bucket_url
 from .errors import ConfigurationError
 from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
 from .gateway import GatewayScheduler, GatewayWorker
+from .settings import NOT_GIVEN, Settings, parse_bucket  # noqa: F401  (parse_bucket: cli's)
 from .store import S3Store
 from .while_open import EnvironmentLayers, WhileAnyOpen
 
@@ -45,42 +45,6 @@ logger = logging.getLogger("dask_lambda")
 #: retries would take minutes); and a stop of processes or connections.
 _CLEANUP_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def parse_bucket(url: Any) -> tuple[str, str]:
-    """Split ``"s3://bucket/prefix"`` or ``"bucket"`` into (bucket, prefix), checking the name.
-
-    Examples
-    --------
-    >>> parse_bucket("s3://my-bucket/dask/")
-    ('my-bucket', 'dask')
-    """
-    example = 'LambdaClient("s3://my-bucket/dask")'
-    if url is None or url == "":
-        raise ConfigurationError(
-            f"LambdaClient needs an S3 bucket for job and result objects, e.g. {example}, "
-            "or set it once with DASK_LAMBDA__BUCKET=s3://my-bucket/dask.")
-    if not isinstance(url, str):
-        raise ConfigurationError(
-            f"the bucket must be a string such as \"s3://my-bucket/dask\", not "
-            f"{type(url).__name__}: {example}")
-    text = url.strip()
-    if "://" in text:
-        scheme, _, text = text.partition("://")
-        if scheme != "s3":
-            raise ConfigurationError(
-                f"{url!r} is not an S3 URL: use an s3:// URL or a bare bucket name, e.g. {example}")
-    bucket, _, prefix = text.partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        fixed = re.sub(r"[^a-z0-9.-]+", "-", bucket.lower()).strip("-.")[:63] or "my-bucket"
-        raise ConfigurationError(
-            f"{bucket!r} is not a valid S3 bucket name (3-63 characters: lowercase letters, "
-            f"digits, '-' and '.', starting and ending with a letter or digit). "
-            f"Did you mean LambdaClient(\"s3://{fixed}/{prefix.strip('/')}\")?")
-    return bucket, prefix.strip("/")
-
-
 class LambdaCluster(SpecCluster):
     """A Dask cluster whose tasks run in AWS Lambda (or the local stand-in).
 
@@ -89,141 +53,89 @@ class LambdaCluster(SpecCluster):
     Parameters
     ----------
     bucket
-        ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``.
-    backend
-        ``"local"`` or ``"aws"``; default ``lambda.backend``. Or a `Backend` made without
-        settings (e.g. ``SimulatedBackend()``): the cluster gives it its settings through
-        `Backend.configure`.
-    concurrency, memory, timeout, inline_max, retries, locality, max_output, \
-    oom_retry_memory, cost_budget, stale_after
-        See the ``lambda`` configuration schema; defaults from ``dask.config``.
+        ``"s3://bucket/prefix"`` or ``"bucket"``; default ``lambda.bucket``, and on the local
+        backend none is needed.
+    settings
+        A `dask_lambda.settings.Settings` made already (as `LambdaClient` does), instead of
+        the settings as arguments.
     local_faults
         Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
-    local_s3_endpoint
-        Local backend: use this S3 endpoint instead of starting a moto server.
-    function, region, mode
-        aws backend: the deployed function (``lambda.aws.function``), its region (default:
-        boto's) and how jobs reach it, ``"invoke"`` or ``"trigger"`` (``lambda.aws.mode``).
-    dashboard_address
-        Scheduler dashboard address; default ``lambda.dashboard-address``.
-    batching
-        Run chains and small subtrees of short tasks in one invocation when that is
-        faster (default ``lambda.batching.enabled``, true); see `dask_lambda.batching`.
     asynchronous, loop
         As for any ``SpecCluster``.
+    **options
+        The settings, named in `Settings.arguments() <dask_lambda.settings.Settings>`:
+        ``backend``, ``concurrency``, ``memory``, ``function_timeout``, ``inline_max``,
+        ``dashboard_address``... (see the ``lambda`` configuration schema). Any not given
+        come from ``dask.config``. ``backend`` may be a `Backend` made without settings (e.g.
+        ``SimulatedBackend()``): the cluster gives it its settings through
+        `Backend.configure`.
     """
 
-    def __init__(self, bucket: str | None = None, *, backend: str | Backend | None = None,
-                 concurrency: int | None = None, memory: int | None = None,
-                 timeout: float | None = None, inline_max: int | None = None,
-                 retries: int | None = None, locality: bool | None = None,
-                 max_output: int | None = None, oom_retry_memory: int | None = None,
-                 cost_budget: float | None = None, stale_after: float | None = None,
-                 local_faults: Any = None,
-                 local_s3_endpoint: str | None = None, function: str | None = None,
-                 region: str | None = None, mode: str | None = None,
-                 dashboard_address: str | None = None, batching: bool | None = None,
-                 asynchronous: bool = False, loop: Any = None):
-        self.bucket, self.prefix = parse_bucket(config.get("bucket", bucket))
-        backend = config.get("backend", backend)
-        if isinstance(backend, type) and issubclass(backend, Backend):
+    def __init__(self, bucket: Any = NOT_GIVEN, *, settings: Settings | None = None,
+                 local_faults: Any = None, asynchronous: bool = False, loop: Any = None,
+                 **options: Any):
+        # Every setting is checked (by Settings) before anything, a directory or a process, exists.
+        if settings is None:
+            settings = Settings.from_arguments(bucket, **options)
+        elif bucket is not NOT_GIVEN or options:
             raise ConfigurationError(
-                f"backend={backend.__name__} is a class: pass an instance, e.g. "
-                f"LambdaClient(\"s3://{self.bucket}\", backend={backend.__name__}())")
-        if not isinstance(backend, Backend) and backend not in BACKENDS:
-            raise ConfigurationError(
-                f"unknown backend {backend!r}: choose one of {', '.join(map(repr, BACKENDS))}, "
-                f"e.g. LambdaClient(\"s3://{self.bucket}\", backend=\"local\")")
-        concurrency = config.get("concurrency", concurrency)
-        if concurrency is None:
-            concurrency = 1000 if backend == "aws" else (os.cpu_count() or 1)
-        settings = FunctionSettings(
-            concurrency=_positive_int("concurrency", concurrency),
-            memory=_positive_int("memory", config.get("memory", memory)),
-            timeout=float(config.get("timeout", timeout)),
-            signing_key=secrets.token_bytes(32),
-        )
-        if not 128 <= settings.memory <= 10240:
-            raise ConfigurationError(
-                f"memory={settings.memory} MB is outside Lambda's 128-10240 MB: e.g. memory=2048")
-        if not 0 < settings.timeout <= 900:
-            raise ConfigurationError(
-                f"timeout={settings.timeout} s is outside Lambda's (0, 900] seconds: "
-                "e.g. timeout=300")
-        self.settings = settings
-        self._configured_concurrency = settings.concurrency
+                "give LambdaCluster its settings either as settings= or as arguments, not both: "
+                "e.g. LambdaCluster(settings=Settings.from_arguments(memory=4096))")
+        #: The checked settings this cluster was made with.
+        self.config = settings
+        self.bucket, self.prefix = settings.bucket, settings.prefix
+        self.settings = FunctionSettings(
+            concurrency=settings.concurrency, memory=settings.memory,
+            timeout=settings.function_timeout, signing_key=secrets.token_bytes(32))
         self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
 
         self.backend: Backend
-        if isinstance(backend, Backend):  # injected: it takes the settings built here
-            backend.configure(settings)
-            self.backend = backend
-        elif backend == "aws":
+        if isinstance(settings.backend, Backend):  # injected: it takes the settings built here
+            settings.backend.configure(self.settings)
+            self.backend = settings.backend
+        elif settings.backend == "aws":
             from .backends.aws import AwsBackend
             from .deploy import keys, names
 
-            function = config.get("aws.function", function)
-            region = config.get("aws.region", region)
-            deploy = names.deploy_command(self.bucket, self.prefix, function, region)
-            self.settings = settings = dataclasses.replace(  # the key deploy stored, not a new one
-                settings, signing_key=keys.load(function, deploy))
+            deploy = names.deploy_command(self.bucket, self.prefix, settings.function,
+                                          settings.region)
+            self.settings = dataclasses.replace(  # the key deploy stored, not a new one
+                self.settings,
+                signing_key=settings.signing_key or keys.load(settings.function, deploy))
             self.backend = AwsBackend(
-                settings, layout=self.layout, function=function, region=region,
-                mode=config.get("aws.mode", mode),
-                notification_grace=float(config.get("aws.notification-grace")),
-                invoker=config.get("aws.invoker"))
+                self.settings, layout=self.layout, function=settings.function,
+                region=settings.region, mode=settings.mode,
+                notification_grace=settings.notification_grace, invoker=settings.invoker)
         else:
             from .backends.local import LocalBackend
 
             self.backend = LocalBackend(
-                settings, s3_endpoint=config.get("local.s3-endpoint", local_s3_endpoint),
-                python=config.get("local.python"), faults=local_faults)
-        self._own_bucket = config.get("local.s3-endpoint", local_s3_endpoint) is None
+                self.settings, s3_endpoint=settings.local_s3_endpoint,
+                python=settings.local_python, faults=local_faults)
         self.store: S3Store | None = None
         self.executor: LambdaExecutor | None = None
         self._final_stats: Any = None
-        self._inline_max = _positive_int("inline_max", config.get("inline-max", inline_max), 0)
-        self._retries = _positive_int("retries", config.get("retries", retries), 0)
-        self._locality = bool(config.get("locality", locality))
-        self._max_output = config.get("max-output", max_output)
-        if self._max_output is not None:
-            self._max_output = _positive_int("max_output", self._max_output)
-        self._oom_retry_memory = config.get("oom-retry-memory", oom_retry_memory)
-        if self._oom_retry_memory is not None and not (
-                settings.memory < int(self._oom_retry_memory) <= 10240):
-            raise ConfigurationError(
-                f"oom_retry_memory={self._oom_retry_memory} must be more than memory="
-                f"{settings.memory} and at most 10240 MB: e.g. "
-                f"LambdaClient(..., oom_retry_memory={min(10240, settings.memory * 2)})")
-        budget = config.get("cost-budget", cost_budget)
-        if budget is not None and not float(budget) > 0:
-            raise ConfigurationError(
-                f"cost_budget must be a positive number of dollars, not {budget!r}: e.g. "
-                "LambdaClient(..., cost_budget=5.0)")
-        self.cost = CostMeter(settings.memory, None if budget is None else float(budget))
-        self._stale_after = float(config.get("stale-after", stale_after))
+        self._inline_max = settings.inline_max
+        self._retries = settings.retries
+        self._locality = settings.locality
+        self._max_output = settings.max_output
+        self._oom_retry_memory = settings.oom_retry_memory
+        self.cost = CostMeter(settings.memory, settings.cost_budget)
+        self._stale_after = settings.stale_after
         self._heartbeat_task: Any = None
         self.stale_runs_removed: dict[str, int] = {}
         self._env_layer: int | None = None
         self._marker_written = False
+        self._configured_concurrency = settings.concurrency
+        #: Whether chains and small subtrees of short tasks run in one invocation.
+        self.batching = settings.batching
+        self._while_open: contextlib.ExitStack | None = None
         self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
 
-        dashboard = config.get("dashboard-address", dashboard_address)
-        saturation = config.get("worker-saturation")
-        if saturation is not None and not float(saturation) > 0:
-            raise ConfigurationError(
-                f"worker-saturation must be a positive number, not {saturation!r}: e.g. "
-                "dask.config.set({'lambda.worker-saturation': 2.0})")
-        self.batching = config.get("batching.enabled", batching)
-        if not isinstance(self.batching, bool):
-            raise ConfigurationError(f"batching must be True or False, not {self.batching!r}: "
-                                     "e.g. LambdaClient(..., batching=False)")
-        if self.batching:  # bad settings fail here, not at the first compute
-            BatchSettings.from_config(self.settings.timeout, {})
-        self._while_open: contextlib.ExitStack | None = None
+        dashboard = settings.dashboard_address
         scheduler = {"cls": GatewayScheduler, "options": {
             "protocol": "inproc://", "dashboard": dashboard is not None,
-            "dashboard_address": dashboard, "worker_saturation": saturation,
+            "dashboard_address": dashboard, "worker_saturation": settings.worker_saturation,
             "plan_batches": self._plan_batches}}
         super().__init__(scheduler=scheduler, workers={}, asynchronous=asynchronous,
                          loop=loop, silence_logs=logging.WARNING,
@@ -244,7 +156,7 @@ class LambdaCluster(SpecCluster):
             await runs.write_marker(self.store, self.layout, time.time())
             self._marker_written = True
             self.stale_runs_removed = await runs.cleanup_stale_runs(
-                self.store, self.layout, self._stale_after, float(config.get("heartbeat")))
+                self.store, self.layout, self._stale_after, self.config.heartbeat)
             self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
             self._set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
@@ -388,7 +300,7 @@ class LambdaCluster(SpecCluster):
         executor = self.executor
         if not self.batching or executor is None:
             return None
-        return BatchSettings.from_config(self.settings.timeout, executor.duration_estimates())
+        return BatchSettings.from_settings(self.config, executor.duration_estimates())
 
     async def _close(self) -> None:
         try:
@@ -398,7 +310,7 @@ class LambdaCluster(SpecCluster):
 
     async def _heartbeat(self) -> None:
         started = time.time()
-        interval = float(config.get("heartbeat"))
+        interval = self.config.heartbeat
         failing = False
         while True:
             await asyncio.sleep(interval)
@@ -552,20 +464,6 @@ def _task_based_off(saved: dict[str, Any]) -> None:
 
 
 TASK_BASED = WhileAnyOpen(_task_based_on, _task_based_off)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-        if number != value and not isinstance(value, str):
-            raise ValueError
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < minimum:
-        raise ConfigurationError(
-            f"{name} must be a whole number >= {minimum}, not {value!r}: e.g. "
-            f"LambdaClient(\"s3://my-bucket\", {name}={max(minimum, 8)})")
-    return number
 
 
 class LambdaAdaptive:

@@ -1,14 +1,13 @@
-"""Configuration: defaults in ``lambda.yaml``, documented in ``lambda-schema.yaml``.
+"""Configuration files: defaults in ``lambda.yaml``, documented in ``lambda-schema.yaml``.
 
-One precedence everywhere: an explicit argument, then ``dask.config`` (which
-also reads ``DASK_LAMBDA__<KEY>`` environment variables and yaml files), then
-the packaged default.
+Importing this module registers the defaults with ``dask.config``. The settings are read
+and checked in one place, :mod:`dask_lambda.settings`; nothing else reads ``lambda.*``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-from typing import Any
 
 import dask.config
 import yaml
@@ -21,11 +20,9 @@ with open(os.path.join(_HERE, "lambda.yaml")) as f:
 dask.config.update_defaults(_defaults)
 
 
-def get(name: str, value: Any = None) -> Any:
-    """The effective value of setting ``name``: ``value`` if given, else ``lambda.<name>``."""
-    if value is not None:
-        return value
-    return dask.config.get(f"lambda.{name}")
+def defaults() -> dict:
+    """The packaged defaults (``lambda.yaml``), a copy."""
+    return copy.deepcopy(_defaults)
 
 
 def schema() -> dict:

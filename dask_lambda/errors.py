@@ -18,6 +18,10 @@ class ConfigurationError(DaskLambdaError, ValueError):
     """A bad argument or setting, detected before anything runs."""
 
 
+class SettingTypeError(ConfigurationError, TypeError):
+    """A setting given a value of the wrong type, or an argument that is not a setting."""
+
+
 class TaskSerializationError(DaskLambdaError, TypeError):
     """A task's function or arguments cannot be pickled, so it cannot be sent to Lambda."""
 

@@ -204,6 +204,9 @@ class GatewayScheduler(Scheduler):
 
     Work stealing moves tasks between workers; with one worker it has nothing to do, but its
     hook runs on every transition (about 5 % of the client's CPU in a 10,000-task map).
+
+    ``dashboard_address=None`` means no dashboard; distributed's scheduler would still listen
+    on port 8787 (or another) for its HTTP routes (health, metrics), which nobody here reads.
     """
 
     def __init__(self, *args: Any, worker_saturation: float | None = None,
@@ -211,6 +214,7 @@ class GatewayScheduler(Scheduler):
                  **kwargs: Any):
         from distributed.scheduler import DEFAULT_EXTENSIONS
 
+        self._http = kwargs.get("dashboard") is not False
         kwargs.setdefault("extensions", {name: ext for name, ext in DEFAULT_EXTENSIONS.items()
                                          if name != "stealing"})
         super().__init__(*args, **kwargs)
@@ -235,6 +239,10 @@ class GatewayScheduler(Scheduler):
         await asyncio.wait_for(self.restart_gateway(), timeout)
         self.log_event("all", {"action": "restart-workers", "workers": old, "client": client})
         return {addr: "OK" for addr in old}
+
+    def start_http_server(self, *args: Any, **kwargs: Any) -> None:
+        if self._http:
+            super().start_http_server(*args, **kwargs)
 
     async def update_graph(self, client: str, expr_ser: Any, keys: Any, *args: Any,
                            **kwargs: Any) -> None:

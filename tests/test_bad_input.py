@@ -121,10 +121,14 @@ def test_cost_budget_stops_dispatching(s3_endpoint):
 def test_worker_saturation_is_the_gateways_own_setting(s3_endpoint):
     import dask
 
-    with pytest.raises(ConfigurationError, match=r"worker-saturation must be a positive number, "
-                                                 r"not 0: e\.g\. dask\.config\.set"):
+    with pytest.raises(ConfigurationError) as info:
         with dask.config.set({"lambda.worker-saturation": 0}):
             LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint)
+    assert str(info.value) == (
+        "lambda.worker-saturation=0 is not valid: it must be more than 0. Setting "
+        "lambda.worker-saturation (DASK_LAMBDA__WORKER_SATURATION) takes a number above 0 (inf: "
+        "no queuing), or null for distributed.scheduler.worker-saturation; e.g. "
+        "dask.config.set({\"lambda.worker-saturation\": 2.0})")
     with LambdaClient("s3://t-saturation", local_s3_endpoint=s3_endpoint,
                       dashboard_address=None) as client:
         assert client.cluster.scheduler.WORKER_SATURATION == 2.0

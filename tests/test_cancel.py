@@ -94,7 +94,7 @@ def test_cancelling_on_the_aws_invoke_path_stops_waiting_and_frees_the_slot(s3_e
     model = LambdaModel(invoke_latency=0.01, cold_start=0.01, duration=_slow_if_named_slow,
                         account_concurrency=10)
     backend = SimulatedBackend(model, s3_endpoint=s3_endpoint)
-    with LambdaClient("s3://t-cancel-sim/run", backend=backend, concurrency=1, timeout=60,
+    with LambdaClient("s3://t-cancel-sim/run", backend=backend, concurrency=1, function_timeout=60,
                       dashboard_address=None) as client:
         slow = client.submit(str, 1, key="slow-sim")
         _running(client, slow.key)

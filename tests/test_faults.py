@@ -360,9 +360,8 @@ def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
     # A later client removes what the dead one left once it is stale: here after three missed
     # heartbeats of a second (ages are measured on S3's clock, in whole seconds).
     time.sleep(4.5)
-    with dask.config.set({"lambda.heartbeat": 1}), LambdaClient(
-            f"s3://{bucket}/f", local_s3_endpoint=s3_endpoint, concurrency=1, stale_after=3,
-            dashboard_address=None) as client:
+    with LambdaClient(f"s3://{bucket}/f", local_s3_endpoint=s3_endpoint, concurrency=1,
+                      heartbeat=1, stale_after=3, dashboard_address=None) as client:
         assert sum(client.cluster.stale_runs_removed.values()) == len(left)
         assert client.submit(sum, [1, 2]).result() == 3
     assert list_keys(s3, bucket) == []

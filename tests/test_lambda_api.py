@@ -418,8 +418,10 @@ def test_an_unknown_invoker_setting_shows_the_choices(monkeypatch):
     with dask.config.set({"lambda.aws.signing-key": "ab" * 32, "lambda.aws.invoker": "fast"}), \
             pytest.raises(ConfigurationError) as info:
         LambdaClient("s3://some-bucket", backend="aws", dashboard_address=None)
-    assert str(info.value) == ("invoker must be one of 'auto', 'direct', 'sdk', not 'fast': e.g. "
-                               "dask.config.set({'lambda.aws.invoker': 'auto'})")
+    assert str(info.value) == (
+        "lambda.aws.invoker=\"fast\" is not valid: choose one of 'auto', 'direct', 'sdk'. "
+        "Setting lambda.aws.invoker (DASK_LAMBDA__AWS__INVOKER) takes \"auto\", \"direct\" or "
+        "\"sdk\"; e.g. dask.config.set({\"lambda.aws.invoker\": \"auto\"})")
 
 
 def test_a_certificate_this_machine_does_not_trust_names_aws_ca_bundle(monkeypatch):

@@ -24,24 +24,36 @@ from .conftest import list_keys
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, 'LambdaClient needs an S3 bucket for job and result objects, e.g. '
-             'LambdaClient("s3://my-bucket/dask"), or set it once with '
-             'DASK_LAMBDA__BUCKET=s3://my-bucket/dask.'),
+        ({"backend": "aws"}, 'backend="aws" needs an S3 bucket for job and result objects '
+         '(only the local backend makes a private one). Setting the bucket (the first '
+         'argument; lambda.bucket, DASK_LAMBDA__BUCKET) takes "s3://bucket/prefix" or '
+         '"bucket"; e.g. LambdaClient("s3://my-bucket/dask", ...)'),
         ({"bucket": "My_Bucket/data"}, "'My_Bucket' is not a valid S3 bucket name (3-63 "
          "characters: lowercase letters, digits, '-' and '.', starting and ending with a letter "
-         "or digit). Did you mean LambdaClient(\"s3://my-bucket/data\")?"),
+         "or digit, not an IP address). Setting the bucket (the first argument; lambda.bucket, "
+         "DASK_LAMBDA__BUCKET) takes \"s3://bucket/prefix\" or \"bucket\"; did you mean "
+         "LambdaClient(\"s3://my-bucket/data\", ...)?"),
         ({"bucket": "s3://"}, "'' is not a valid S3 bucket name"),
         ({"bucket": "gs://bucket/x"}, "'gs://bucket/x' is not an S3 URL: use an s3:// URL or a "
-         "bare bucket name, e.g. LambdaClient(\"s3://my-bucket/dask\")"),
-        ({"bucket": 42}, 'the bucket must be a string such as "s3://my-bucket/dask", not int'),
-        ({"bucket": "s3://ok-bucket", "backend": "lcoal"}, "unknown backend 'lcoal': choose one "
-         "of 'local', 'aws', e.g. LambdaClient(\"s3://ok-bucket\", backend=\"local\")"),
-        ({"bucket": "ok-bucket", "concurrency": 0}, "concurrency must be a whole number >= 1, "
-         "not 0: e.g. LambdaClient(\"s3://my-bucket\", concurrency=8)"),
-        ({"bucket": "ok-bucket", "memory": 64}, "memory=64 MB is outside Lambda's 128-10240 MB: "
-         "e.g. memory=2048"),
-        ({"bucket": "ok-bucket", "timeout": 1000}, "timeout=1000.0 s is outside Lambda's (0, 900] "
-         "seconds: e.g. timeout=300"),
+         "bare bucket name. Setting the bucket (the first argument; lambda.bucket, "
+         "DASK_LAMBDA__BUCKET) takes \"s3://bucket/prefix\" or \"bucket\"; e.g. "
+         "LambdaClient(\"s3://my-bucket/dask\", ...)"),
+        ({"bucket": 42}, 'bucket=42 is not valid: a value of type int is not a bucket such as '
+         '"s3://my-bucket/dask"'),
+        ({"bucket": "s3://ok-bucket", "backend": "lcoal"}, 'backend="lcoal" is not valid: '
+         "choose one of 'local', 'aws'. Setting `backend=` (lambda.backend, "
+         'DASK_LAMBDA__BACKEND) takes "local" or "aws", or a Backend instance; did you mean '
+         'LambdaClient(..., backend="local")?'),
+        ({"bucket": "ok-bucket", "concurrency": 0}, "concurrency=0 is not valid: it must be at "
+         "least 1. Setting `concurrency=` (lambda.concurrency, DASK_LAMBDA__CONCURRENCY) takes a "
+         "whole number of tasks running at once; e.g. LambdaClient(..., concurrency="),
+        ({"bucket": "ok-bucket", "memory": 64}, "memory=64 is not valid: 64 MB is outside "
+         "Lambda's 128-10240 MB. Setting `memory=` (lambda.memory, DASK_LAMBDA__MEMORY) takes a "
+         "number of MB or a size such as \"4 GiB\"; e.g. LambdaClient(..., memory=2048)"),
+        ({"bucket": "ok-bucket", "function_timeout": 1000}, "function_timeout=1000 is not "
+         "valid: 1000 s is outside Lambda's (0, 900] seconds. Setting `function_timeout=` "
+         "(lambda.timeout, DASK_LAMBDA__TIMEOUT) takes seconds (at most 900) or a duration such "
+         "as \"5 minutes\"; e.g. LambdaClient(..., function_timeout=900)"),
     ],
 )
 def test_bad_input_is_a_clear_error_at_once(kwargs, message):

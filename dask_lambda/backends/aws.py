@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,12 +46,9 @@ from .base import Backend, FunctionSettings
 from .invoke import FunctionInvoker
 from .lambda_api import Credentials, LambdaInvoker, raise_open_files_limit
 
-MODES = ("invoke", "trigger")
-INVOKERS = ("auto", "direct", "sdk")
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
 _CONNECT_TIMEOUT = 10
-_FUNCTION_NAME = re.compile(r"^(arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:)?[A-Za-z0-9_-]{1,64}$")
 
 
 _code = s3errors.error_code  # of a botocore ClientError
@@ -68,6 +64,8 @@ def default_region() -> str | None:
 
 class AwsBackend(Backend):
     """Invoke a deployed Lambda function for each job.
+
+    The values come checked from `dask_lambda.settings.Settings`.
 
     Parameters
     ----------
@@ -98,26 +96,8 @@ class AwsBackend(Backend):
         self.layout = layout
         self.function = function
         self.mode = mode
-        self.region = region or default_region()
-        where = names.bucket_url(layout.bucket, layout.prefix)
-        if mode not in MODES:
-            raise ConfigurationError(
-                f"mode must be 'invoke' or 'trigger', not {mode!r}: e.g. "
-                f"LambdaClient(\"{where}\", backend=\"aws\", mode=\"trigger\")")
-        if invoker not in INVOKERS:
-            raise ConfigurationError(
-                f"invoker must be one of {', '.join(map(repr, INVOKERS))}, not {invoker!r}: e.g. "
-                "dask.config.set({'lambda.aws.invoker': 'auto'})")
+        self.region = region or default_region()  # Settings checked that boto has one
         self.invoker = invoker
-        if not isinstance(function, str) or not _FUNCTION_NAME.match(function):
-            raise ConfigurationError(
-                f"{function!r} is not a Lambda function name (letters, digits, '-' and '_', "
-                f"at most 64): e.g. LambdaClient(\"{where}\", backend=\"aws\", "
-                "function=\"dask-lambda\")")
-        if not self.region:
-            raise ConfigurationError(
-                "no AWS region: pass one, e.g. LambdaClient(\"" + where + "\", backend=\"aws\", "
-                "region=\"us-east-1\"), or set AWS_REGION (or DASK_LAMBDA__AWS__REGION)")
         self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
         self.grace = float(notification_grace)
         #: The deployed function's timeout (s), memory (MB) and architecture, read by `start`.

@@ -3,7 +3,8 @@
 ``deploy`` stores it in the function's environment (``DASK_LAMBDA_SIGNING_KEY``)
 and in ``~/.config/dask-lambda/<function>.key`` (mode 0600), never in the bucket
 or a log. The client reads it from ``lambda.aws.signing-key`` (e.g.
-``DASK_LAMBDA__AWS__SIGNING_KEY``) or from that file.
+``DASK_LAMBDA__AWS__SIGNING_KEY``, read and checked by :mod:`dask_lambda.settings`) or
+from that file (`load`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import secrets
 from pathlib import Path
 
-from .. import config
 from ..errors import ConfigurationError
 from . import names
 
@@ -38,17 +38,20 @@ def read_file(function: str) -> bytes | None:
         text = path.read_text().strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, a directory, a symlink loop...
+        raise ConfigurationError(
+            f"cannot read the signing key file {path} ({type(exc).__name__}: "
+            f"{getattr(exc, 'strerror', None) or exc}): make it a readable file "
+            f"(`chmod 600 {path}`), or run `dask-lambda deploy` again to write it, or set "
+            "DASK_LAMBDA__AWS__SIGNING_KEY to the function's DASK_LAMBDA_SIGNING_KEY.") from None
     return _parse(text, str(path))
 
 
 def load(function: str, deploy_command: str) -> bytes:
-    """The key for ``function``: ``lambda.aws.signing-key``, else its key file.
+    """The key in ``function``'s key file (used when ``lambda.aws.signing-key`` is not set).
 
-    Raises `ConfigurationError` naming ``deploy_command`` when there is neither.
+    Raises `ConfigurationError` naming ``deploy_command`` when there is none.
     """
-    value = config.get("aws.signing-key")
-    if value:
-        return _parse(str(value), "lambda.aws.signing-key")
     key = read_file(function)
     if key is None:
         raise ConfigurationError(

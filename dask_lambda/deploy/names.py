@@ -12,16 +12,16 @@ from pathlib import Path
 
 from dask_lambda_handler import protocol
 
+from .. import limits
+
 #: Function name used when none is given.
 DEFAULT_FUNCTION = "dask-lambda"
 #: The handler's entry point inside the deployment package.
 HANDLER = "dask_lambda_handler.entry.handler"
-#: Lambda's limit on a zip function's unzipped size (code plus layers): 250 MB, i.e.
-#: 262,144,000 bytes (Lambda quotas page; AWS-FACTS.md).
-UNZIPPED_LIMIT = 262_144_000
-#: Memory and timeout bounds of a Lambda function (quotas; AWS-FACTS.md).
-MEMORY_RANGE = (128, 10_240)
-MAX_TIMEOUT = 900
+#: Lambda's limits, as deploy checks them (owned by :mod:`dask_lambda.limits`).
+UNZIPPED_LIMIT = limits.UNZIPPED_BYTES
+MEMORY_RANGE = limits.MEMORY_MB
+MAX_TIMEOUT = limits.MAX_TIMEOUT_S
 #: Job objects written in S3-trigger mode end with this; the bucket notification filters on it,
 #: so the job objects of mode="invoke" (plain ``.job``) never trigger the function.
 TRIGGER_SUFFIX = protocol.TRIGGER_SUFFIX
