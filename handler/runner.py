@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import compat, protocol, s3io, trigger
+from . import compat, env, protocol, s3io, trigger
 from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
 
 _COLD = True
@@ -84,13 +84,8 @@ def _transfer_concurrency() -> int:
 
 
 def _signing_key() -> bytes:
-    value = os.environ.get(protocol.SIGNING_KEY_ENV)
-    if not value:
-        raise protocol.PayloadError(
-            f"the function has no signing key: set ${protocol.SIGNING_KEY_ENV} in its "
-            "environment to the client's key (`dask-lambda deploy` does this)"
-        )
-    return bytes.fromhex(value)
+    """The deployment's signing key (`env.signing_key`: the one place the handler gets it)."""
+    return env.signing_key()
 
 
 def versions() -> dict:
