@@ -19,6 +19,7 @@ import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
+import boto3
 import pytest
 from dask_lambda_handler import env as handler_env
 
@@ -386,6 +387,30 @@ def test_rotate_key_replaces_it_everywhere_and_an_old_key_is_refused(aws, made, 
         in str(info.value)
 
 
+def test_a_key_left_in_the_functions_configuration_is_moved_and_replaced(aws, made):
+    """What an upgrade meets: a function deployed with the key in its environment (readable
+    by every user of the function) and no secret."""
+    lam, sm = boto("lambda"), boto("secretsmanager")
+    sm.delete_secret(SecretId="dask-lambda/dl-made/signing-key", ForceDeleteWithoutRecovery=True)
+    exposed = "ab" * 32
+    lam.update_function_configuration(FunctionName="dl-made", Environment={
+        "Variables": {"DASK_LAMBDA_SIGNING_KEY": exposed}})
+    function.wait_ready(lam, "dl-made")
+    out = cli(aws, "status", "--bucket", "s3://dl-made/team", "--function", "dl-made")
+    assert out.returncode == 1
+    assert "NO    the signing key is in the function's configuration, which every user of the " \
+           "function may read: deploy again to move it to Secrets Manager (and replace it)" \
+        in out.stdout
+    out = deploy_cli(aws, "s3://dl-made/team", "dl-made", "--memory", "1024", "--timeout", "90")
+    assert "signing key: the old one was in the function's configuration, which every user of " \
+           "the function may read; replaced by a new one, kept in Secrets Manager" in out.stdout
+    variables = lam.get_function_configuration(FunctionName="dl-made")["Environment"]["Variables"]
+    assert "DASK_LAMBDA_SIGNING_KEY" not in variables
+    key = sm.get_secret_value(SecretId=variables[handler_env.KEY_SECRET_ENV])["SecretString"]
+    assert key != exposed and key == (Path(aws["env"]["XDG_CONFIG_HOME"]) / "dask-lambda" /
+                                      "dl-made.key").read_text().strip()
+
+
 def test_a_role_deploy_did_not_make_is_left_alone(aws, made):
     trust = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
@@ -533,6 +558,43 @@ def test_the_readme_documents_the_permissions_the_tests_run_under(aws):
     assert '"Resource": ["arn:aws:s3:::dl-made/team/jobs/*"' in out.stdout
     for action in re.findall(r"lambda:\w+|s3:\w+", json.dumps(permissions.ACTIONS)):
         assert action in json.dumps(permissions.deployer_policy(*args)), action
+
+
+def test_the_handler_reads_its_key_once_and_names_the_fix_when_it_cannot(aws, monkeypatch):
+    """handler/env.py as the function runs it: the secret version its configuration names."""
+    from dask_lambda_handler import protocol
+    from dask_lambda_handler.errors import SigningKeyError
+
+    key = bytes(range(32))
+    secret = boto("secretsmanager").create_secret(Name="dl-env-test", SecretString=key.hex())
+    stranger = iam_user("stranger", [{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}]}])
+    monkeypatch.setattr(handler_env, "_cached", {})
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the first credentials
+    monkeypatch.delenv(protocol.SIGNING_KEY_ENV, raising=False)
+    for name, value in {**stranger, handler_env.KEY_SECRET_ENV: secret["ARN"],
+                        handler_env.KEY_VERSION_ENV: secret["VersionId"],
+                        handler_env.KEY_ID_ENV: handler_env.key_id(key)}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SigningKeyError) as info:
+        handler_env.signing_key()  # a role without secretsmanager:GetSecretValue on it
+    assert str(info.value) == (
+        f"the function could not read its signing key from the secret {secret['ARN']} "
+        f"(version {secret['VersionId']}): AccessDeniedException: allow "
+        "secretsmanager:GetSecretValue on it in the role's policy, or run `dask-lambda deploy` "
+        "again, which grants it")
+    for name, value in aws["env"].items():  # root: may read it
+        if name.startswith("AWS_ACCESS") or name.startswith("AWS_SECRET"):
+            monkeypatch.setenv(name, value)
+    boto3.DEFAULT_SESSION = None
+    monkeypatch.setenv(handler_env.KEY_ID_ENV, "0" * 16)
+    with pytest.raises(SigningKeyError, match="holds another key than the one the function's "
+                                              "configuration names"):
+        handler_env.signing_key()
+    monkeypatch.setenv(handler_env.KEY_ID_ENV, handler_env.key_id(key))
+    assert handler_env.signing_key() == key
+    monkeypatch.setattr(handler_env, "_secrets_client", None)  # read once: no second request
+    assert handler_env.signing_key() == key
 
 
 def test_destroy_removes_exactly_what_deploy_made(aws, made):

@@ -20,8 +20,10 @@ local emulator.  Two ways to dispatch a job:
     the job is written as an S3 object and the bucket's ObjectCreated
     notification invokes the function (:mod:`.aws_trigger`).
 
-`start` checks that the function exists and that its handler runs the same
-Python minor version, cloudpickle, dask and dask-lambda as this machine.
+`start` checks that the function exists and is Active (waking it if Lambda made it
+Inactive after weeks without invocations), that this client's signing key is the
+function's (by its fingerprint), and that its handler runs the same Python minor
+version, cloudpickle, dask and dask-lambda as this machine.
 """
 
 from __future__ import annotations
@@ -262,7 +264,7 @@ class AwsBackend(Backend):
                 f"the Lambda function {self.function!r} is {state} "
                 f"({conf.get('StateReason') or 'no reason given'}): redeploy it with "
                 f"`{self.deploy}`")
-        lam = boto3.client("lambda", region_name=self.region)
+        lam = boto3.Session().client("lambda", region_name=self.region)
         try:
             return function.wake(lam, self.function, out=logger.warning)
         except DeployError as exc:
