@@ -2,7 +2,7 @@
 
 Events (JSON)::
 
-    {"op": "ping"}
+    {"op": "ping", "key": <optional, true: also report the signing key's fingerprint>}
     {"op": "run", "bucket": B, "job_key": K, "result_key": R,
      "job": <base64, optional: the job travels inline instead of in S3>,
      "inline_max": <bytes: an output up to this size is returned in the response>}
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import compat, env, protocol, s3io, trigger
-from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
+from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError, SigningKeyError
 
 _COLD = True
 _S3: Any = None
@@ -86,6 +86,14 @@ def _transfer_concurrency() -> int:
 def _signing_key() -> bytes:
     """The deployment's signing key (`env.signing_key`: the one place the handler gets it)."""
     return env.signing_key()
+
+
+def _key_check() -> dict:
+    """``{"id": key_id}`` of the signing key this environment reads, or ``{"error": why}``."""
+    try:
+        return {"id": env.key_id(_signing_key())}
+    except SigningKeyError as exc:
+        return {"error": str(exc)}
 
 
 def versions() -> dict:
@@ -327,7 +335,10 @@ def handle(event: dict, context: Any) -> dict:
         return trigger.handle_records(event, context)
     op = event.get("op")
     if op == "ping":
-        return {"status": "ok", "versions": versions()}
+        answer: dict = {"status": "ok", "versions": versions()}
+        if event.get("key"):  # and whether this environment can read its signing key
+            answer["key"] = _key_check()
+        return answer
     if op == "run":
         return _run(event, context)
     raise ValueError(f"unknown dask-lambda event op {op!r}; expected 'run' or 'ping'")

@@ -411,6 +411,31 @@ def test_a_key_left_in_the_functions_configuration_is_moved_and_replaced(aws, ma
                                       "dl-made.key").read_text().strip()
 
 
+def test_the_role_is_what_lets_the_function_read_its_key(aws, made):
+    """Without secretsmanager:GetSecretValue in its role the function cannot read the key:
+    status says so (the ping reports it), and deploy gives the role its policy back."""
+    iam_, lam = boto("iam"), boto("lambda")
+    statements = [s for s in _policy_statements("dl-made") if s["Sid"] != "ReadSigningKey"]
+    iam_.put_role_policy(RoleName="dl-made-role", PolicyName=names.POLICY_NAME,
+                         PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                                    "Statement": statements}))
+    # any configuration change makes new execution environments (ministack: a worker change)
+    lam.update_function_configuration(FunctionName="dl-made", Timeout=91)
+    function.wait_ready(lam, "dl-made")
+    out = cli(aws, "status", "--bucket", "s3://dl-made/team", "--function", "dl-made")
+    assert out.returncode == 1
+    secret = lam.get_function_configuration(FunctionName="dl-made")["Environment"]["Variables"][
+        handler_env.KEY_SECRET_ENV]
+    assert "NO    the function cannot use its signing key: the function could not read its " \
+           f"signing key from the secret {secret} (version " in out.stdout
+    assert "AccessDeniedException: allow secretsmanager:GetSecretValue on it in the role's " \
+           "policy, or run `dask-lambda deploy` again, which grants it" in out.stdout
+    out = deploy_cli(aws, "s3://dl-made/team", "dl-made", "--memory", "1024", "--timeout", "90")
+    assert f"role dl-made-role: inline policy {names.POLICY_NAME} updated" in out.stdout
+    out = cli(aws, "status", "--bucket", "s3://dl-made/team", "--function", "dl-made")
+    assert out.returncode == 0 and "ok    the function can read its signing key" in out.stdout
+
+
 def test_a_role_deploy_did_not_make_is_left_alone(aws, made):
     trust = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},

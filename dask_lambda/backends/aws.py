@@ -320,7 +320,9 @@ class AwsBackend(Backend):
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
         assert self._invoker is not None
-        body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}', count=False)
+        from ..deploy import function
+
+        body, function_error, _, _ = await self._invoker.send(function.PING, count=False)
         try:
             answer = json.loads(body or b"null")
         except ValueError:
@@ -337,6 +339,13 @@ class AwsBackend(Backend):
                 f"the Lambda function {self.function!r} does not match this environment ("
                 + "; ".join(diffs) + "): tasks pickled here may not load there. Redeploy it "
                 f"from this environment: `{self.deploy}`")
+        from dask_lambda_handler import env
+
+        problem = function.key_problem(answer, env.key_id(self.settings.signing_key))
+        if problem:
+            raise ConfigurationError(
+                f"the Lambda function {self.function!r} cannot use its signing key, so every "
+                f"task would fail: {problem}")
 
     async def _check_trigger(self, s3: Any) -> None:
         try:

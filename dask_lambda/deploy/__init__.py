@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeployError
+from ..errors import ConfigurationError, DeployError
 
 Out = Callable[[str], None]
 
@@ -247,7 +247,13 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
     else:
         key = keys.read_file(target.function) or keys.new_key()
     secret_arn, version = keys.store(c["secretsmanager"], target.function, key, secret)
+    try:
+        held = keys.read_file(target.function)
+    except ConfigurationError:  # unreadable: save says what is in the way, or replaces it
+        held = None
     key_path = keys.save(target.function, key)
+    if held is not None and held != key and not rotate_key:
+        out(f"signing key: {key_path} held another key; it now holds the function's")
 
     policy = iam.handler_policy(target.bucket, target.prefix, target.function, target.region,
                                 account, secret_arn=secret_arn, kms_key_arn=kms_arn)
@@ -286,12 +292,16 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
         out(f"S3 trigger: objects under {names.jobs_prefix(target.prefix)} ending in "
             f"{names.TRIGGER_SUFFIX} invoke {target.function}")
 
-    versions = function.ping(c["lambda"], target.function) or {}
+    answer = function.ping_answer(c["lambda"], target.function)
+    versions = (answer or {}).get("versions") or {}
     diffs = compat.differences(versions)
     if diffs:
         raise VersionMismatchError(
             f"the deployed handler does not match this environment ({'; '.join(diffs)}); "
             f"the package did not install as expected. Run `{target.command()}` again.")
+    problem = function.key_problem(answer, handler_env.key_id(key))
+    if problem:
+        raise DeployError(f"the deployed function cannot use its signing key: {problem}")
     out(f"signing key: {key_path} (and the secret {names.secret_name(target.function)})")
     return {"function_arn": conf["FunctionArn"], "role_arn": role_arn,
             "key_file": str(key_path), "function": what, "versions": versions}
@@ -450,7 +460,8 @@ def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
         f" ({conf.get('Runtime') or 'image'}, {conf['MemorySize']} MB, {conf['Timeout']} s, "
         f"{conf.get('State', 'Active')})" if conf else ""))
     if conf is not None:
-        versions = function.ping(c["lambda"], target.function)
+        answer = function.ping_answer(c["lambda"], target.function)
+        versions = (answer or {}).get("versions")
         diffs = compat.differences(versions or {})
         line(versions is not None and not diffs,
              "  handler matches this environment" if versions and not diffs else
@@ -466,6 +477,9 @@ def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
                  == handler_env.key_id(local_key),
                  f"  signing key {names.key_file(target.function)} matches the function's"
                  + ("" if local_key is not None else " (no such file)"))
+            problem = function.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
+            line(problem is None, "  the function can read its signing key" if problem is None
+                 else f"  the function cannot use its signing key: {problem}")
         if where is not None:
             on = bucket.trigger(c["s3"], target.bucket, target.prefix, target.function)
             out(f"{'ok ' if on else '-- '} S3 trigger for mode=\"trigger\": "

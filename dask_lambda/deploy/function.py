@@ -9,10 +9,11 @@ invocations (Lambda function states).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def wait_ready(lam: Any, function: str, *, timeout: float = READY_TIMEOUT,
     Raises
     ------
     DeployError
-        The function is Failed, its last update failed, or it is still not ready after
-        ``timeout`` seconds.
+        The function is Failed or Inactive, or it is still not ready after ``timeout``
+        seconds.
     """
     deadline = time.monotonic() + timeout
     said = ""
@@ -116,7 +117,7 @@ def wake(lam: Any, function: str, *, out: Callable[[str], None] | None = None) -
             "waking it")
     refused = ""
     try:
-        lam.invoke(FunctionName=function, Payload=b'{"op": "ping"}')["Payload"].read()
+        lam.invoke(FunctionName=function, Payload=PING)["Payload"].read()
     except Exception as exc:
         if not _code(exc):
             raise
@@ -162,7 +163,8 @@ def ensure(lam: Any, *, function: str, role_arn: str, code: dict, runtime: str |
         options = dict(config, FunctionName=function, Architectures=[arch], Code=code,
                        PackageType="Image" if "ImageUri" in code else "Zip",
                        Tags={names.TAG_KEY: names.TAG_VALUE})
-        conf = _retry_role(lambda: lam.create_function(**options))
+        with _image_access(code):
+            conf = _retry_role(lambda: lam.create_function(**options))
         wait_ready(lam, function, out=out)
         return conf, "created"
     check_ours(current, function)
@@ -170,8 +172,9 @@ def ensure(lam: Any, *, function: str, role_arn: str, code: dict, runtime: str |
     changed = False
     if code_sha is None or current.get("CodeSha256") != code_sha or \
             current.get("Architectures", ["x86_64"]) != [arch]:
-        _updating(lam, function, out, lambda: lam.update_function_code(
-            FunctionName=function, Architectures=[arch], **code))
+        with _image_access(code):
+            _updating(lam, function, out, lambda: lam.update_function_code(
+                FunctionName=function, Architectures=[arch], **code))
         changed = True
     wanted = {k: v for k, v in config.items()}
     have = {k: current.get(k) for k in wanted}
@@ -180,6 +183,23 @@ def ensure(lam: Any, *, function: str, role_arn: str, code: dict, runtime: str |
             lambda: lam.update_function_configuration(FunctionName=function, **wanted)))
         changed = True
     return wait_ready(lam, function, out=out), "updated" if changed else "unchanged"
+
+
+@contextlib.contextmanager
+def _image_access(code: dict) -> Iterator[None]:
+    """Name the ECR permissions when Lambda may not pull an image (it answers
+    InvalidParameterValueException, not AccessDenied)."""
+    try:
+        yield
+    except Exception as exc:
+        if "ImageUri" not in code or _code(exc) != "InvalidParameterValueException" or \
+                "ecr" not in str(exc).lower():
+            raise
+        raise DeployError(
+            f"Lambda may not use the image {code['ImageUri']} ({exc}): the repository must be "
+            "in the function's region, and whoever deploys needs ECR access to it (the third "
+            "policy `dask-lambda permissions` prints; README, Run on AWS: Permissions)"
+        ) from None
 
 
 def check_ours(current: dict, function: str) -> None:
@@ -207,8 +227,8 @@ def check_package_type(current: dict, function: str, *, image: bool) -> None:
         f"the Lambda function {function!r} was deployed as {was}, "
         f"and Lambda cannot switch an existing function to {how}. Deploy under another name "
         f"(`dask-lambda deploy ... --function {function}-{want.lower()}`), or delete the "
-        f"function first (`aws lambda delete-function --function-name {function}`; deploy "
-        "then makes it again, with a new signing key version) and run deploy again")
+        f"function first (`aws lambda delete-function --function-name {function}`), then run "
+        "deploy again")
 
 
 def _updating(lam: Any, function: str, out: Callable[[str], None] | None,
@@ -228,7 +248,13 @@ def _updating(lam: Any, function: str, out: Callable[[str], None] | None,
             if _code(exc) != "ResourceConflictException" or attempt == 2:
                 raise
             wait_ready(lam, function, out=out)
-    wait_ready(lam, function, out=out)
+    conf = wait_ready(lam, function, out=out)
+    if conf.get("LastUpdateStatus") == "Failed":  # Lambda kept the previous code and settings
+        raise DeployError(
+            f"Lambda could not apply the update of the function {function!r} "
+            f"({conf.get('LastUpdateStatusReasonCode')}: {conf.get('LastUpdateStatusReason')}); "
+            "it still runs the previous code and settings. Fix what the reason names, then run "
+            "deploy again")
     return answer
 
 
@@ -283,9 +309,14 @@ def ensure_log_group(logs: Any, function: str) -> None:
     logs.put_retention_policy(logGroupName=group, retentionInDays=names.LOG_RETENTION_DAYS)
 
 
-def ping(lam: Any, function: str) -> dict | None:
-    """The deployed handler's versions, or None if it does not answer like a dask-lambda handler."""
-    resp = lam.invoke(FunctionName=function, Payload=b'{"op": "ping"}')
+#: The ping event: the handler answers its versions, and its signing key's fingerprint.
+PING = b'{"op": "ping", "key": true}'
+
+
+def ping_answer(lam: Any, function: str) -> dict | None:
+    """The deployed handler's ping answer (``versions``, ``key``), or None if it does not
+    answer like a dask-lambda handler."""
+    resp = lam.invoke(FunctionName=function, Payload=PING)
     body = resp["Payload"].read()
     try:
         answer = json.loads(body)
@@ -293,7 +324,29 @@ def ping(lam: Any, function: str) -> dict | None:
         return None
     if resp.get("FunctionError") or not isinstance(answer, dict):
         return None
-    return answer.get("versions")
+    return answer
+
+
+def ping(lam: Any, function: str) -> dict | None:
+    """The deployed handler's versions, or None if it does not answer like a dask-lambda handler."""
+    return (ping_answer(lam, function) or {}).get("versions")
+
+
+def key_problem(answer: dict | None, key_id: str | None) -> str | None:
+    """Why the function cannot use its signing key (from its ping ``answer``), or None.
+
+    ``key_id``: the fingerprint the function's configuration names. A handler too old to
+    say is not judged here (its versions differ).
+    """
+    said = (answer or {}).get("key")
+    if not isinstance(said, dict):
+        return None
+    if said.get("error"):
+        return str(said["error"])
+    if key_id and said.get("id") != key_id:
+        return ("the function read another signing key than its configuration names: run "
+                "`dask-lambda deploy` again")
+    return None
 
 
 def delete(lam: Any, logs: Any, function: str) -> list[str]:
