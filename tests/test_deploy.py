@@ -464,7 +464,7 @@ def test_a_bucket_in_another_region_is_refused(aws):
     assert message == (
         "dask-lambda deploy: the bucket 'dl-far' is in region eu-west-1, not us-east-1: the "
         "function must be in the bucket's region. Deploy there (`dask-lambda deploy --bucket "
-        "dl-far --region eu-west-1`), or use a bucket in us-east-1")
+        "s3://dl-far --function dl-far --region eu-west-1`), or use a bucket in us-east-1")
     assert "dl-far" not in {f["FunctionName"] for f in boto("lambda").list_functions()["Functions"]}
 
 

@@ -217,7 +217,8 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
     if current is not None and current.get("State") == "Inactive":
         function.wake(c["lambda"], target.function, out=out)
 
-    created = bucket.ensure(c["s3"], target.bucket, target.region)
+    created = bucket.ensure(c["s3"], target.bucket, target.region, target.prefix,
+                            target.function)
     secure = created or bucket.created_by_deploy(c["s3"], target.bucket)
     bucket.configure(c["s3"], target.bucket, target.prefix, expire_days, secure=secure)
     roots = (f"{names.jobs_prefix(target.prefix)}, {names.results_prefix(target.prefix)}, "

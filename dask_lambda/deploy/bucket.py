@@ -48,9 +48,10 @@ def exists(s3: Any, bucket: str) -> bool:
     return region(s3, bucket) is not None
 
 
-def ensure(s3: Any, bucket: str, where: str) -> bool:
+def ensure(s3: Any, bucket: str, where: str, prefix: str = "",
+           function: str = names.DEFAULT_FUNCTION) -> bool:
     """Create the bucket in region ``where`` if it does not exist; returns whether it was
-    created.
+    created. (``prefix`` and ``function`` name the deployment in the error message.)
 
     Raises
     ------
@@ -64,8 +65,9 @@ def ensure(s3: Any, bucket: str, where: str) -> bool:
         if found and found != where:
             raise DeployError(
                 f"the bucket {bucket!r} is in region {found}, not {where}: the function must "
-                f"be in the bucket's region. Deploy there (`dask-lambda deploy --bucket "
-                f"{bucket} --region {found}`), or use a bucket in {where}")
+                f"be in the bucket's region. Deploy there "
+                f"(`{names.deploy_command(bucket, prefix, function, found)}`), or use a bucket "
+                f"in {where}")
         return False
     options: dict = {}
     if where != "us-east-1":
