@@ -121,8 +121,8 @@ class S3Store:
             self.client = self.quick_client = None
 
     async def check_bucket(self, *, create: bool = False) -> None:
-        """Fail with a clear error if the bucket is missing, not ours, or unreachable with
-        these credentials or this region; create it if asked."""
+        """Fail with a clear error if the bucket is missing, not ours, in another region than
+        this client's, or unreachable with these credentials; create it if asked."""
         from botocore.exceptions import (
             ConnectTimeoutError,
             EndpointConnectionError,
@@ -133,8 +133,7 @@ class S3Store:
         bucket = self.bucket
         client = self.quick_client
         try:
-            await client.head_bucket(Bucket=bucket)
-            return
+            answer = await client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
             raise ConfigurationError(
                 "no AWS credentials found. Configure them as for the AWS CLI: `aws configure`, "
@@ -154,10 +153,7 @@ class S3Store:
             actual = headers.get("x-amz-bucket-region")
             if actual and code in ("301", "400", "PermanentRedirect",
                                    "AuthorizationHeaderMalformed") and actual != self.region:
-                raise ConfigurationError(
-                    f"S3 bucket {bucket!r} is in region {actual!r}, not {self.region!r}: "
-                    f"LambdaClient(\"s3://{bucket}\", region=\"{actual}\") or "
-                    f"AWS_DEFAULT_REGION={actual}") from None
+                raise ConfigurationError(self._region_message(actual)) from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                         "ExpiredToken"):
                 raise ConfigurationError(
@@ -175,9 +171,23 @@ class S3Store:
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise ConfigurationError(
                     f"no access to S3 bucket {bucket!r} (HTTP 403): it belongs to another "
-                    "account or your credentials lack s3:ListBucket/GetObject/PutObject on it. "
-                    "Use a bucket you own, or check `aws sts get-caller-identity`.") from None
+                    "account or your credentials lack s3:ListBucket/GetObject/PutObject on it "
+                    f"(the check needs s3:ListBucket on arn:aws:s3:::{bucket} without a prefix "
+                    "condition). Use a bucket you own, or check `aws sts get-caller-identity`."
+                ) from None
             raise
+        # botocore's S3 region redirector follows a bucket into its region, so the call
+        # succeeds wherever the bucket is; S3 names the bucket's region in every HeadBucket
+        # answer (HeadBucket API: x-amz-bucket-region).
+        actual = answer.get("BucketRegion") or answer.get("ResponseMetadata", {}).get(
+            "HTTPHeaders", {}).get("x-amz-bucket-region")
+        if self.region and actual and actual != self.region:
+            raise ConfigurationError(self._region_message(actual))
+
+    def _region_message(self, actual: str) -> str:
+        return (f"S3 bucket {self.bucket!r} is in region {actual!r}, not {self.region!r}: "
+                f"LambdaClient(\"s3://{self.bucket}\", region=\"{actual}\") or "
+                f"AWS_DEFAULT_REGION={actual}")
 
     def _unreachable(self, exc: BaseException) -> str:
         """What the user reads when S3 does not answer the start-up check."""

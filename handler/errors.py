@@ -20,3 +20,7 @@ class InputLostError(FileNotFoundError):
 
 class S3PermissionError(PermissionError):
     """The function's role may not do an S3 action it needs; names the permission."""
+
+
+class SigningKeyError(RuntimeError):
+    """The function has no signing key, or may not read the one its configuration names."""

@@ -2,7 +2,7 @@
 
 Events (JSON)::
 
-    {"op": "ping"}
+    {"op": "ping", "key": <optional, true: also report the signing key's fingerprint>}
     {"op": "run", "bucket": B, "job_key": K, "result_key": R,
      "job": <base64, optional: the job travels inline instead of in S3>,
      "inline_max": <bytes: an output up to this size is returned in the response>}
@@ -30,8 +30,13 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from . import compat, protocol, s3io, trigger
-from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError  # noqa: F401
+from . import compat, env, protocol, s3io, trigger
+from .errors import (  # noqa: F401  (NotAvailableInLambda: importable from here)
+    InputLostError,
+    NotAvailableInLambda,
+    OutputTooLargeError,
+    SigningKeyError,
+)
 
 _COLD = True
 _S3: Any = None
@@ -62,13 +67,16 @@ def _transfer_concurrency() -> int:
 
 
 def _signing_key() -> bytes:
-    value = os.environ.get(protocol.SIGNING_KEY_ENV)
-    if not value:
-        raise protocol.PayloadError(
-            f"the function has no signing key: set ${protocol.SIGNING_KEY_ENV} in its "
-            "environment to the client's key (`dask-lambda deploy` does this)"
-        )
-    return bytes.fromhex(value)
+    """The deployment's signing key (`env.signing_key`: the one place the handler gets it)."""
+    return env.signing_key()
+
+
+def _key_check() -> dict:
+    """``{"id": key_id}`` of the signing key this environment reads, or ``{"error": why}``."""
+    try:
+        return {"id": env.key_id(_signing_key())}
+    except SigningKeyError as exc:
+        return {"error": str(exc)}
 
 
 _RUN_KEYS: dict[str, bytes] = {}
@@ -368,7 +376,10 @@ def handle(event: dict, context: Any) -> dict:
         return trigger.handle_records(event, context)
     op = event.get("op")
     if op == "ping":
-        return {"status": "ok", "versions": versions()}
+        answer: dict = {"status": "ok", "versions": versions()}
+        if event.get("key"):  # and whether this environment can read its signing key
+            answer["key"] = _key_check()
+        return answer
     if op == "run":
         return _run(event, context)
     raise ValueError(f"unknown dask-lambda event op {op!r}; expected 'run' or 'ping'")

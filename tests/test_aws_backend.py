@@ -2,9 +2,11 @@
 
 ministack runs the function that ``dask-lambda deploy`` (the project's own code) built
 and deployed: the handler and this environment's libraries, in ministack's own
-interpreter, in other processes. Jobs reach it by synchronous invokes (``mode="invoke"``)
-or by S3 ObjectCreated notifications (``mode="trigger"``), and both give the synchronous
-scheduler's results.
+interpreter, in other processes, under the role deploy made (ministack enforces IAM).
+Jobs reach it by synchronous invokes (``mode="invoke"``) or by S3 ObjectCreated
+notifications (``mode="trigger"``), and both give the synchronous scheduler's results.
+Deploy runs as an IAM user with exactly the deployer's documented permissions, and the
+clients as one with exactly a user's.
 """
 
 from __future__ import annotations
@@ -23,29 +25,52 @@ import pytest
 from distributed import as_completed
 
 from dask_lambda import LambdaClient
-from dask_lambda.deploy import Target, deploy, names
+from dask_lambda.deploy import Target, deploy, function, names, permissions
 from dask_lambda.errors import (
     ConfigurationError,
     LambdaTimeoutError,
     VersionMismatchError,
 )
 
-from .aws_fixtures import LOCAL_GLIBC, aws_environment, boto, environment, ministack
+from .aws_fixtures import (
+    LOCAL_GLIBC,
+    REGION,
+    LambdaFake,
+    aws_environment,
+    boto,
+    environment,
+    iam_user,
+    ministack,
+)
 
 BUCKET = "dl-e2e"
 LONG_TASK_S = 65  # longer than boto's default 60 s read timeout
+ACCOUNT = "000000000000"  # ministack's
+#: (prefix, function) of the deployments in BUCKET; the client also looks at "elsewhere".
+DEPLOYMENTS = [("run", "dl-e2e"), ("short", "dl-short"), ("old", "dl-old")]
 
 
 @pytest.fixture(scope="module")
 def aws(request, tmp_path_factory):
-    """ministack with the function deployed (trigger on) at s3://dl-e2e/run; yields the env."""
+    """ministack with the function deployed (trigger on) at s3://dl-e2e/run; yields the env,
+    whose credentials are a user's (``deployer``: the deployer's)."""
     home = tmp_path_factory.mktemp("aws-home")
     with ministack(request.config, home) as endpoint:
         values = aws_environment(endpoint, request.config, home)
         with environment(values):
-            deploy(Target(BUCKET, "run", "dl-e2e", "us-east-1"), timeout=120, memory=2048,
-                   trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
-            yield {"endpoint": endpoint, "home": home, "env": values}
+            deployer = iam_user("deployer", [
+                permissions.deployer_policy(BUCKET, prefix, fn, REGION, ACCOUNT)
+                for prefix, fn in DEPLOYMENTS], deployer=True)
+            user = iam_user("user", [
+                permissions.user_policy(BUCKET, prefix, fn, REGION, ACCOUNT)
+                for prefix, fn in [*DEPLOYMENTS, ("elsewhere", "dl-e2e")]]
+                + [permissions.user_policy("dl-far-e2e", "run", "dl-e2e", REGION, ACCOUNT)])
+            with environment(deployer):
+                deploy(Target(BUCKET, "run", "dl-e2e", "us-east-1"), timeout=120, memory=2048,
+                       trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
+            with environment(user):
+                yield {"endpoint": endpoint, "home": home, "env": {**values, **user},
+                       "deployer": {**values, **deployer}}
 
 
 def _client(mode: str, prefix: str = "run", function: str = "dl-e2e", **options):
@@ -200,7 +225,7 @@ def test_trigger_mode_without_the_notification_says_how_to_set_it_up(aws):
 
 
 def test_timeout_is_a_clear_error(aws):
-    with environment(aws["env"]):
+    with environment(aws["deployer"]):
         deploy(Target(BUCKET, "short", "dl-short", "us-east-1"), timeout=5, memory=1024,
                glibc=LOCAL_GLIBC, out=lambda line: None)
     with _client("invoke", prefix="short", function="dl-short") as c:
@@ -251,7 +276,7 @@ def test_version_mismatch_names_the_fix(aws, tmp_path):
             zf.write(path, f"dask_lambda_handler/{path.name}")
         zf.writestr("dask_lambda-0.0.1.dist-info/METADATA",
                     "Metadata-Version: 2.1\nName: dask-lambda\nVersion: 0.0.1\n")
-    with environment(aws["env"]):
+    with environment(aws["deployer"]):
         _deploy_unchecked("dl-old", "old", zpath)
     with pytest.raises(VersionMismatchError) as info:
         _client("invoke", prefix="old", function="dl-old")
@@ -267,6 +292,60 @@ def _deploy_unchecked(function: str, prefix: str, package: Path) -> None:
     with pytest.raises(VersionMismatchError, match="does not match this environment"):
         deploy(Target(BUCKET, prefix, function, "us-east-1"), package=package,
                out=lambda line: None)
+
+
+def test_an_inactive_function_is_woken_by_the_client(aws, monkeypatch):
+    """A function idle for weeks is Inactive; the first invoke fails and wakes it (Lambda
+    function states). The client wakes it and waits, instead of advising a redeploy."""
+    monkeypatch.setattr(function, "_POLL", 0.2)
+    with LambdaFake(aws["endpoint"]) as fake, environment({"AWS_ENDPOINT_URL_LAMBDA": fake.url}):
+        fake.inactive("dl-e2e")
+        with _client("invoke") as c:
+            assert c.submit(lambda: 7).result() == 7
+    assert fake.refused == {("Invoke", "dl-e2e"): 1}
+
+
+def test_the_client_checks_the_buckets_region(aws):
+    """botocore's region redirector follows a bucket into its region, so HeadBucket
+    succeeds: the answer's BucketRegion shows the bucket is elsewhere."""
+    boto("s3").create_bucket(Bucket="dl-far-e2e",
+                             CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    with pytest.raises(ConfigurationError) as info:
+        LambdaClient("s3://dl-far-e2e/run", backend="aws", function="dl-e2e",
+                     dashboard_address=None)
+    assert str(info.value) == (
+        "S3 bucket 'dl-far-e2e' is in region 'eu-west-1', not 'us-east-1': "
+        "LambdaClient(\"s3://dl-far-e2e\", region=\"eu-west-1\") or AWS_DEFAULT_REGION=eu-west-1")
+
+
+def test_the_signing_key_is_not_in_the_functions_configuration(aws):
+    """A user may read the configuration (the version check needs it): the key is not in it,
+    and the user may not read the secret that holds it; the function's role may."""
+    key = (Path(aws["home"]) / "config" / "dask-lambda" / "dl-e2e.key").read_text().strip()
+    conf = boto("lambda", aws["env"]).get_function_configuration(FunctionName="dl-e2e")
+    assert key not in str(conf)
+    secret = conf["Environment"]["Variables"]["DASK_LAMBDA_KEY_SECRET"]
+    sm = boto("secretsmanager", aws["env"])
+    with pytest.raises(sm.exceptions.ClientError, match="AccessDenied"):
+        sm.get_secret_value(SecretId=secret)
+
+
+@pytest.mark.parametrize("broken", ["loop", "directory"])
+def test_an_unreadable_key_file_names_the_file_and_the_fix(tmp_path, monkeypatch, broken):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    path = tmp_path / "dask-lambda" / "dask-lambda.key"
+    path.parent.mkdir()
+    if broken == "loop":
+        path.symlink_to(path)  # reading it: "Too many levels of symbolic links" (ELOOP)
+    else:
+        path.mkdir()
+    with pytest.raises(ConfigurationError) as info:
+        LambdaClient("s3://some-bucket/x", backend="aws")
+    message = str(info.value)
+    assert message.startswith(f"cannot read the signing key file {path} (")
+    assert f"If it is broken, remove it (`rm -rf {path}`) and copy the file again" in message
+    assert "or run `dask-lambda deploy` here" in message
 
 
 def test_missing_signing_key_names_deploy(tmp_path, monkeypatch):

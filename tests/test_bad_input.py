@@ -66,8 +66,9 @@ def test_bucket_that_is_not_ours(hostile_s3):
         LambdaClient("s3://not-ours/x", local_s3_endpoint=hostile_s3, dashboard_address=None)
     assert str(info.value) == (
         "no access to S3 bucket 'not-ours' (HTTP 403): it belongs to another account or your "
-        "credentials lack s3:ListBucket/GetObject/PutObject on it. Use a bucket you own, or "
-        "check `aws sts get-caller-identity`.")
+        "credentials lack s3:ListBucket/GetObject/PutObject on it (the check needs "
+        "s3:ListBucket on arn:aws:s3:::not-ours without a prefix condition). Use a bucket you "
+        "own, or check `aws sts get-caller-identity`.")
 
 
 def test_wrong_credentials(hostile_s3):

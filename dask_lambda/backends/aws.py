@@ -20,15 +20,19 @@ local emulator.  Two ways to dispatch a job:
     the job is written as an S3 object and the bucket's ObjectCreated
     notification invokes the function (:mod:`.aws_trigger`).
 
-`start` checks that the function exists and that its handler runs the same
-Python minor version, cloudpickle, dask and dask-lambda as this machine.
+`start` checks that the function exists and is Active (waking it if Lambda made it
+Inactive after weeks without invocations), that this client's signing key is the
+function's (by its fingerprint), and that its handler runs the same Python minor
+version, cloudpickle, dask and dask-lambda as this machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import ssl
 from typing import Any
@@ -52,6 +56,7 @@ _CONNECT_TIMEOUT = 10
 
 
 _code = s3errors.error_code  # of a botocore ClientError
+logger = logging.getLogger(__name__)
 
 
 def default_region() -> str | None:
@@ -179,6 +184,8 @@ class AwsBackend(Backend):
             await stack.aclose()
 
     async def _describe(self, control: Any) -> None:
+        """Read the function's configuration: it exists, is Active (woken if it went Inactive),
+        and its key is this client's; take its timeout, memory and architecture."""
         from botocore.exceptions import EndpointConnectionError, NoCredentialsError, SSLError
 
         try:
@@ -201,22 +208,63 @@ class AwsBackend(Backend):
                 raise ConfigurationError(
                     f"there is no Lambda function {self.function!r} in {self.region}: deploy it "
                     f"first: `{self.deploy}`") from None
-            if code in ("AccessDeniedException", "UnrecognizedClientException",
-                        "InvalidSignatureException", "ExpiredTokenException"):
+            if code in ("UnrecognizedClientException", "InvalidSignatureException",
+                        "ExpiredTokenException", "InvalidClientTokenId"):
+                raise ConfigurationError(
+                    f"AWS Lambda rejected the credentials ({code}): they are wrong or expired"
+                    + (", or this machine's clock is off" if code == "InvalidSignatureException"
+                       else "") + ". Check `aws sts get-caller-identity`, refresh them (`aws "
+                    "sso login`), or select another profile with AWS_PROFILE=name") from None
+            if code == "AccessDeniedException":
                 raise PermissionDeniedError(
                     f"AWS refused lambda:GetFunctionConfiguration on {self.function!r} ({code}): "
-                    "check your credentials (`aws sts get-caller-identity`) and that they allow "
-                    "lambda:GetFunctionConfiguration and lambda:InvokeFunction on it") from None
+                    "a user of the function needs lambda:GetFunctionConfiguration and "
+                    "lambda:InvokeFunction on it (README, Run on AWS: Permissions; "
+                    "`dask-lambda permissions` prints the policy)") from None
             raise
-        if conf.get("State") not in (None, "Active"):
-            raise ConfigurationError(
-                f"the Lambda function {self.function!r} is {conf.get('State')} "
-                f"({conf.get('StateReason', 'no reason given')}): redeploy it with `{self.deploy}`")
+        if (conf.get("State") or "Active") != "Active":
+            conf = await asyncio.to_thread(self._wait_active, conf)
+        self._check_key(conf)
         self.function_timeout = float(conf.get("Timeout") or self.function_timeout)
         self.function_memory = int(conf.get("MemorySize") or self.function_memory)
         self.function_architecture = (conf.get("Architectures") or [self.function_architecture])[0]
         self.settings = dataclasses.replace(self.settings, timeout=self.function_timeout,
                                             memory=self.function_memory)
+
+    def _wait_active(self, conf: dict) -> dict:
+        """Wake an Inactive function, or wait for a Pending one (as deploy does); its
+        configuration. Runs in a thread: this happens once, at start."""
+        import boto3
+
+        from ..deploy import function
+        from ..errors import DeployError
+
+        state = conf.get("State")
+        if state not in ("Inactive", "Pending"):
+            raise ConfigurationError(
+                f"the Lambda function {self.function!r} is {state} "
+                f"({conf.get('StateReason') or 'no reason given'}): redeploy it with "
+                f"`{self.deploy}`")
+        lam = boto3.Session().client("lambda", region_name=self.region)
+        try:
+            return function.wake(lam, self.function, out=logger.warning)
+        except DeployError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    def _check_key(self, conf: dict) -> None:
+        """Refuse to start with a key the function does not have: every job would fail its
+        signature check (the configuration carries the key's fingerprint, not the key)."""
+        from dask_lambda_handler import env
+
+        wanted = ((conf.get("Environment") or {}).get("Variables") or {}).get(env.KEY_ID_ENV)
+        if wanted and wanted != env.key_id(self.settings.signing_key):
+            raise ConfigurationError(
+                f"the signing key this machine has for the Lambda function {self.function!r} "
+                f"({names.key_file(self.function)}, or the setting lambda.aws.signing-key) is "
+                "not the function's: it was replaced on another machine (`dask-lambda deploy "
+                "--rotate-key`), or the file belongs to another deployment. Copy the key file "
+                "from the machine that deployed the function, or run "
+                f"`{self.deploy}` here (it writes the function's key to that file)")
 
     def _use_direct(self, control: Any) -> bool:
         """Whether invokes go through `.lambda_api` (see ``invoker``)."""
@@ -253,7 +301,9 @@ class AwsBackend(Backend):
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
         assert self._invoker is not None
-        body, function_error, _, _ = await self._invoker.send(b'{"op": "ping"}', count=False)
+        from ..deploy import function
+
+        body, function_error, _, _ = await self._invoker.send(function.PING, count=False)
         try:
             answer = json.loads(body or b"null")
         except ValueError:
@@ -270,6 +320,13 @@ class AwsBackend(Backend):
                 f"the Lambda function {self.function!r} does not match this environment ("
                 + "; ".join(diffs) + "): tasks pickled here may not load there. Redeploy it "
                 f"from this environment: `{self.deploy}`")
+        from dask_lambda_handler import env
+
+        problem = function.key_problem(answer, env.key_id(self.settings.signing_key))
+        if problem:
+            raise ConfigurationError(
+                f"the Lambda function {self.function!r} cannot use its signing key, so every "
+                f"task would fail: {problem}")
 
     async def _check_trigger(self, s3: Any) -> None:
         try:

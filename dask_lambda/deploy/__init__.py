@@ -3,29 +3,35 @@ from this machine's environment, and removed again.
 
 What ``deploy`` makes, for a bucket ``B`` (optionally a prefix ``P``) and a function ``F``:
 
-* the bucket (if missing), with public access blocked, default encryption, and lifecycle
-  rules expiring ``P/jobs/``, ``P/results/`` and ``P/runs/`` objects after a few days;
+* the bucket (if missing, in the deployment's region), then with public access blocked and
+  default encryption; on any bucket, lifecycle rules expiring ``P/jobs/``, ``P/results/``
+  and ``P/runs/`` objects after a few days;
+* the signing key, in the Secrets Manager secret ``dask-lambda/F/signing-key`` and in
+  ``~/.config/dask-lambda/F.key`` (``--rotate-key`` makes a new one);
 * the role ``F-role``, whose inline policy allows only reading ``P/jobs/`` and
-  ``P/results/``, writing ``P/results/``, and writing F's log (writing ``P/jobs/`` is denied);
+  ``P/results/``, writing ``P/results/``, reading the key, using the bucket's KMS key
+  through S3 (if it has one), and writing F's log (writing ``P/jobs/`` is denied);
 * the log group ``/aws/lambda/F`` with a retention;
 * the function ``F`` (the package built by :mod:`.package`, uploaded to ``P/deploy/F.zip``),
-  with the signing key in its environment and in ``~/.config/dask-lambda/F.key``;
+  whose configuration names the key's secret version and fingerprint, not the key;
 * with ``--trigger``: the permission for S3 to invoke F and the bucket notification on
   ``P/jobs/*.trigger.job``.
 
-Running it again updates all of that in place. Submodules: :mod:`.names` (naming and
-limits), :mod:`.compat` (runtimes and versions), :mod:`.keys`, :mod:`.package`,
-:mod:`.bucket`, :mod:`.iam`, :mod:`.function`.
+Running it again updates all of that in place, and changes only what deploy made (tags).
+Submodules: :mod:`.names` (naming and limits), :mod:`.compat` (runtimes and versions),
+:mod:`.keys`, :mod:`.package`, :mod:`.bucket`, :mod:`.iam`, :mod:`.function`,
+:mod:`.permissions` (the IAM policies the deployer and the users need).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeployError
+from ..errors import ConfigurationError, DeployError
 
 Out = Callable[[str], None]
 
@@ -70,17 +76,58 @@ class Target:
         return words.replace("dask-lambda deploy", f"dask-lambda {verb}", 1)
 
 
+#: Error codes of a refused request (credentials fine, permission missing).
+_DENIED = {"AccessDenied", "AccessDeniedException", "403", "Forbidden",
+           "UnauthorizedOperation", "AuthorizationError"}
+#: Error codes of credentials AWS does not accept.
+_BAD_CREDENTIALS = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken",
+                    "ExpiredTokenException", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "InvalidSignatureException"}
+
+
 def _clients(target: Target) -> dict[str, Any]:
     import boto3
 
     session = boto3.Session(region_name=target.region)
-    return {name: session.client(name) for name in ("s3", "iam", "lambda", "logs", "sts")}
+    return {name: session.client(name) for name in
+            ("s3", "iam", "lambda", "logs", "sts", "secretsmanager", "kms")}
+
+
+@contextlib.contextmanager
+def _refusals(clients: dict[str, Any], target: Target, verb: str) -> Iterator[None]:
+    """Report AWS's refusals as the permission that is missing (any call of ``verb``)."""
+    from dask_lambda_handler import s3errors
+
+    from . import permissions
+
+    try:
+        yield
+    except Exception as exc:
+        code = s3errors.error_code(exc)
+        operation = getattr(exc, "operation_name", "")
+        if not code or not operation or code not in _DENIED | _BAD_CREDENTIALS:
+            raise
+        service = next((name for name, client in clients.items()
+                        if operation in client.meta.service_model.operation_names), "")
+        said = str(getattr(exc, "response", {}).get("Error", {}).get("Message") or "")
+        if code in _BAD_CREDENTIALS:
+            raise DeployError(
+                f"AWS rejected the credentials ({operation}: {code}): they are wrong or "
+                "expired. Check `aws sts get-caller-identity`, refresh them (`aws sso login`), "
+                "or select another profile with AWS_PROFILE=name") from None
+        action = permissions.action_of(operation, service)
+        raise DeployError(
+            f"AWS refused {action} ({operation}: {code}{': ' + said if said else ''}). "
+            f"`dask-lambda {verb}` needs the permissions listed in the README (Run on AWS: "
+            f"Permissions); `{target.command('permissions')}` prints them for this "
+            "deployment") from None
 
 
 def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str = "x86_64",
            trigger: bool = False, extra_packages: tuple[str, ...] = (), glibc: str | None = None,
            package: Path | None = None, image: str | None = None,
-           attach_policies: tuple[str, ...] = (), expire_days: int | None = None,
+           attach_policies: tuple[str, ...] = (), detach_policies: tuple[str, ...] = (),
+           expire_days: int | None = None, rotate_key: bool = False,
            out: Out = print) -> dict:
     """Create or update everything the aws backend needs for ``target``.
 
@@ -102,10 +149,13 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         Deploy this zip instead of building one.
     image
         Deploy this container image URI (see the package-too-large message) instead of a zip.
-    attach_policies
-        Managed policy ARNs to attach to the role (e.g. for the tasks' own data).
+    attach_policies, detach_policies
+        Managed policy ARNs to attach to the role (e.g. for the tasks' own data), and to
+        detach from it; every other attached policy stays.
     expire_days
         Days after which the lifecycle rule expires dask-lambda's objects.
+    rotate_key
+        Replace the signing key with a new one.
     out
         Where progress lines go.
 
@@ -115,8 +165,8 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         ``function_arn``, ``role_arn``, ``key_file``, ``function`` ("created", "updated" or
         "unchanged"), ``versions`` (the handler's ping answer).
     """
-    from ..errors import PackageTooLargeError, VersionMismatchError
-    from . import bucket, compat, function, iam, keys, names
+    from ..errors import PackageTooLargeError
+    from . import compat, names
     from . import package as pkg
 
     lo, hi = names.MEMORY_RANGE
@@ -129,7 +179,6 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
     if arch not in ("x86_64", "arm64"):
         raise DeployError(f"--arch must be x86_64 or arm64, not {arch!r}")
     spec = pkg.PackageSpec(compat.local_python(), arch, glibc, tuple(extra_packages))
-    runtime = spec.runtime
     if image is None and package is None:
         built = pkg.build(spec, log=out)
         if built.zip_path is None or built.unzipped_bytes > names.UNZIPPED_LIMIT:
@@ -138,26 +187,80 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
                                        str(context / "Dockerfile"))
         package = built.zip_path
     c = _clients(target)
+    with _refusals(c, target, "deploy"):
+        return _deploy(c, target, spec.runtime, memory=memory, timeout=timeout, arch=arch,
+                       trigger=trigger, package=package, image=image,
+                       attach=tuple(attach_policies), detach=tuple(detach_policies),
+                       expire_days=expire_days or names.EXPIRE_DAYS, rotate_key=rotate_key,
+                       out=out)
+
+
+def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, timeout: int,
+            arch: str, trigger: bool, package: Path | None, image: str | None,
+            attach: tuple[str, ...], detach: tuple[str, ...], expire_days: int,
+            rotate_key: bool, out: Out) -> dict:
+    from dask_lambda_handler import env as handler_env
+    from dask_lambda_handler import protocol
+
+    from .. import __version__
+    from ..errors import VersionMismatchError
+    from . import bucket, compat, function, iam, keys, names
+
     account = c["sts"].get_caller_identity()["Account"]
-
-    if bucket.ensure(c["s3"], target.bucket, target.region):
-        out(f"created bucket {target.bucket}")
-    bucket.configure(c["s3"], target.bucket, target.prefix, expire_days or names.EXPIRE_DAYS)
-    out(f"bucket {target.bucket}: public access blocked, encryption on, lifecycle rules on "
-        f"{names.jobs_prefix(target.prefix)}, {names.results_prefix(target.prefix)}, "
-        f"{names.runs_prefix(target.prefix)}")
-
+    # Everything that would stop the deployment is checked before anything is changed.
     current = function.get(c["lambda"], target.function)
-    deployed_key = ((current or {}).get("Environment") or {}).get("Variables", {}).get(
-        "DASK_LAMBDA_SIGNING_KEY")
-    key = bytes.fromhex(deployed_key) if deployed_key else (keys.read_file(target.function)
-                                                              or keys.new_key())
+    if current is not None:
+        function.check_ours(current, target.function)
+        function.check_package_type(current, target.function, image=image is not None)
+    iam.check_ours(c["iam"], target.function)
+    secret = keys.find_secret(c["secretsmanager"], target.function)
+    if current is not None and current.get("State") == "Inactive":
+        function.wake(c["lambda"], target.function, out=out)
+
+    created = bucket.ensure(c["s3"], target.bucket, target.region, target.prefix,
+                            target.function)
+    secure = created or bucket.created_by_deploy(c["s3"], target.bucket)
+    bucket.configure(c["s3"], target.bucket, target.prefix, expire_days, secure=secure)
+    roots = (f"{names.jobs_prefix(target.prefix)}, {names.results_prefix(target.prefix)}, "
+             f"{names.runs_prefix(target.prefix)}")
+    if created:
+        out(f"created bucket {target.bucket} in {target.region}")
+    out(f"bucket {target.bucket}: " + ("public access blocked, encryption on, " if secure else
+        "public access and encryption settings left as they are (deploy did not create it), ")
+        + f"lifecycle rules on {roots}")
+    kms_arn = _kms_key_arn(c, target, account, bucket.kms_key(c["s3"], target.bucket))
+    if kms_arn:
+        out(f"bucket {target.bucket} encrypts with the KMS key {kms_arn}: the role may use it "
+            "through S3; users of this deployment need kms:GenerateDataKey and kms:Decrypt "
+            "on it too")
+
+    old_key = ((current or {}).get("Environment") or {}).get("Variables", {}).get(
+        protocol.SIGNING_KEY_ENV)
+    if rotate_key:
+        key = keys.new_key()
+        out("signing key: replaced by a new one (--rotate-key)")
+    elif secret is not None:
+        key = keys.read_secret(c["secretsmanager"], secret)
+    elif old_key:
+        key = keys.new_key()
+        out("signing key: the old one was in the function's configuration, which every user "
+            "of the function may read; replaced by a new one, kept in Secrets Manager")
+    else:
+        key = keys.read_file(target.function) or keys.new_key()
+    secret_arn, version = keys.store(c["secretsmanager"], target.function, key, secret)
+    try:
+        held = keys.read_file(target.function)
+    except ConfigurationError:  # unreadable: save says what is in the way, or replaces it
+        held = None
     key_path = keys.save(target.function, key)
+    if held is not None and held != key and not rotate_key:
+        out(f"signing key: {key_path} held another key; it now holds the function's")
 
     policy = iam.handler_policy(target.bucket, target.prefix, target.function, target.region,
-                                account)
-    role_arn, created = iam.ensure_role(c["iam"], target.function, policy, tuple(attach_policies))
-    out(f"{'created' if created else 'updated'} role {names.role_name(target.function)}")
+                                account, secret_arn=secret_arn, kms_key_arn=kms_arn)
+    role_arn, _, changes = iam.ensure_role(c["iam"], target.function, policy, attach, detach)
+    for line in changes or [f"role {names.role_name(target.function)}: unchanged"]:
+        out(line)
     function.ensure_log_group(c["logs"], target.function)
 
     if image is not None:
@@ -169,14 +272,16 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
                                                                    target.function)}
         sha = function.sha256_b64(package)
         _upload(c["s3"], target, Path(package), sha, out)
-    from .. import __version__
 
     conf, what = function.ensure(
         c["lambda"], function=target.function, role_arn=role_arn, code=code, runtime=runtime,
         arch=arch, memory=memory, timeout=timeout,
-        env={"DASK_LAMBDA_SIGNING_KEY": key.hex()},
-        description=f"dask-lambda {__version__} handler ({runtime})", code_sha=sha)
-    out(f"{what} function {target.function} ({runtime}, {arch}, {memory} MB, {timeout} s)")
+        env={handler_env.KEY_SECRET_ENV: secret_arn, handler_env.KEY_VERSION_ENV: version,
+             handler_env.KEY_ID_ENV: handler_env.key_id(key)},
+        description=f"dask-lambda {__version__} handler ({runtime})", code_sha=sha,
+        current=current, out=out)
+    out(f"{what} function {target.function} ({'image' if image else runtime}, {arch}, "
+        f"{memory} MB, {timeout} s)")
 
     function.set_s3_permission(c["lambda"], target.function, target.bucket, target.prefix,
                                account, allow=trigger)
@@ -188,15 +293,46 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         out(f"S3 trigger: objects under {names.jobs_prefix(target.prefix)} ending in "
             f"{names.TRIGGER_SUFFIX} invoke {target.function}")
 
-    versions = function.ping(c["lambda"], target.function) or {}
+    answer = function.ping_answer(c["lambda"], target.function)
+    versions = (answer or {}).get("versions") or {}
     diffs = compat.differences(versions)
     if diffs:
         raise VersionMismatchError(
             f"the deployed handler does not match this environment ({'; '.join(diffs)}); "
             f"the package did not install as expected. Run `{target.command()}` again.")
-    out(f"signing key: {key_path} (and the function's environment)")
+    problem = function.key_problem(answer, handler_env.key_id(key))
+    if problem:
+        raise DeployError(f"the deployed function cannot use its signing key: {problem}")
+    out(f"signing key: {key_path} (and the secret {names.secret_name(target.function)})")
     return {"function_arn": conf["FunctionArn"], "role_arn": role_arn,
             "key_file": str(key_path), "function": what, "versions": versions}
+
+
+def _kms_key_arn(c: dict[str, Any], target: Target, account: str, key: str | None
+                 ) -> str | None:
+    """The ARN of the customer managed KMS key ``key`` (an id, ARN or alias), or None for
+    none or the AWS managed ``aws/s3`` key. IAM policies name keys by key ARN."""
+    from dask_lambda_handler import s3errors
+
+    if key is None:
+        return None
+    if key.startswith("arn:") and ":key/" in key:
+        return key
+    try:
+        meta = c["kms"].describe_key(KeyId=key)["KeyMetadata"]
+    except Exception as exc:
+        if s3errors.error_code(exc) not in _DENIED:
+            raise
+        if not key.startswith(("alias/", "arn:")):  # a bare key id: its ARN is known
+            return f"arn:aws:kms:{target.region}:{account}:key/{key}"
+        raise DeployError(
+            f"the bucket {target.bucket} encrypts new objects with the KMS key {key}, and "
+            "deploy may not look it up (kms:DescribeKey) to let the function's role use it. "
+            "Allow kms:DescribeKey for these credentials, or set the bucket's default "
+            "encryption to name the key by its ARN") from None
+    if meta.get("KeyManager") == "AWS":  # aws/s3: every principal of the account may use it
+        return None
+    return str(meta["Arn"])
 
 
 def _upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
@@ -236,19 +372,28 @@ def _too_large(target: Target, size: int, context: Path, arch: str) -> str:
 
 def destroy(target: Target, *, out: Out = print) -> list[str]:
     """Remove what `deploy` made for ``target`` (and nothing else); returns what it did."""
-    from . import bucket, function, iam, names
-
     c = _clients(target)
+    with _refusals(c, target, "destroy"):
+        return _destroy(c, target, out)
+
+
+def _destroy(c: dict[str, Any], target: Target, out: Out) -> list[str]:
+    from . import bucket, function, iam, keys, names
+
     done: list[str] = []
-    if function.get(c["lambda"], target.function) is not None:
+    current = function.get(c["lambda"], target.function)
+    if current is not None:
+        function.check_ours(current, target.function)
         function.set_s3_permission(c["lambda"], target.function, target.bucket, target.prefix,
                                    "", allow=False)
     done += bucket.remove(c["s3"], target.bucket, target.prefix, target.function)
     done += function.delete(c["lambda"], c["logs"], target.function)
     if iam.delete_role(c["iam"], target.function):
         done.append(f"deleted the role {names.role_name(target.function)}")
+    if keys.delete_secret(c["secretsmanager"], target.function):
+        done.append(f"deleted the secret {names.secret_name(target.function)}")
     path = names.key_file(target.function)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         path.unlink()
         done.append(f"deleted the key file {path}")
     for line in done or ["nothing to remove: no dask-lambda deployment found for "
@@ -259,44 +404,84 @@ def destroy(target: Target, *, out: Out = print) -> list[str]:
 
 
 def status(target: Target, *, out: Out = print) -> bool:
-    """Print what exists and whether it matches this environment; True if all is ready."""
+    """Print what exists and whether it matches this environment; True if all is ready.
+
+    An Inactive function (idle for weeks) is woken, as the client would.
+    """
+    c = _clients(target)
+    with _refusals(c, target, "status"):
+        return _status(c, target, out)
+
+
+def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
+    from dask_lambda_handler import env as handler_env
+    from dask_lambda_handler import protocol
+
     from . import bucket, compat, function, iam, keys, names
 
-    c = _clients(target)
     problems: list[str] = []
 
-    def line(ok: bool, text: str) -> None:
-        out(f"{'ok ' if ok else 'NO '} {text}")
-        if not ok:
+    def line(ok: bool | None, text: str) -> None:
+        """ok: True, False (a problem), None (for information)."""
+        out(f"{'ok ' if ok else '-- ' if ok is None else 'NO '} {text}")
+        if ok is False:
             problems.append(text)
 
-    has_bucket = bucket.exists(c["s3"], target.bucket)
-    line(has_bucket, f"bucket {target.bucket}")
-    if has_bucket:
-        line(bucket.public_access_blocked(c["s3"], target.bucket), "  public access blocked")
-        enc = bucket.encryption(c["s3"], target.bucket)
-        line(enc is not None, f"  default encryption ({enc or 'none'})")
+    where = bucket.region(c["s3"], target.bucket)
+    in_region = not where or where == target.region
+    line(where is not None and in_region, f"bucket {target.bucket}" + (
+        f" (in {where}: the function must be in its region, deploy with --region {where})"
+        if not in_region else ""))
+    kms = None
+    if where is not None:
+        if bucket.created_by_deploy(c["s3"], target.bucket):
+            line(bucket.public_access_blocked(c["s3"], target.bucket), "  public access blocked")
+            enc = bucket.encryption(c["s3"], target.bucket)
+            line(enc is not None, f"  default encryption ({enc or 'none'})")
+        else:
+            enc = bucket.encryption(c["s3"], target.bucket)
+            line(None, "  not created by deploy: its public access block and encryption are "
+                 f"yours to set (default encryption: {enc or 'none'})")
         rules = bucket.our_lifecycle_rules(c["s3"], target.bucket, target.prefix)
         line(len(rules) == 3, f"  lifecycle rules expiring jobs/, results/, runs/ ({len(rules)})")
+        kms = bucket.kms_key(c["s3"], target.bucket)
     role = iam.describe(c["iam"], target.function)
-    line(role is not None and role["policy"] is not None,
-         f"role {names.role_name(target.function)} with its policy")
+    line(role is not None and role["ours"] and role["policy"] is not None,
+         f"role {names.role_name(target.function)} with its policy" + (
+             " (not made by deploy: deploy will not change it)"
+             if role is not None and not role["ours"] else ""))
+    if kms is not None and role is not None and role["policy"] is not None:
+        grants = [s for s in role["policy"].get("Statement", ()) if s.get("Sid") == "BucketKmsKey"]
+        line(bool(grants), f"  may use the bucket's KMS key {kms} through S3")
     conf = function.get(c["lambda"], target.function)
+    if conf is not None and conf.get("State") == "Inactive":
+        out(f"--  function {target.function} was Inactive (no invocations for a long time)")
+        conf = dict(conf, **function.wake(c["lambda"], target.function, out=out))
     line(conf is not None, f"function {target.function}" + (
         f" ({conf.get('Runtime') or 'image'}, {conf['MemorySize']} MB, {conf['Timeout']} s, "
         f"{conf.get('State', 'Active')})" if conf else ""))
     if conf is not None:
-        versions = function.ping(c["lambda"], target.function)
+        answer = function.ping_answer(c["lambda"], target.function)
+        versions = (answer or {}).get("versions")
         diffs = compat.differences(versions or {})
         line(versions is not None and not diffs,
              "  handler matches this environment" if versions and not diffs else
              f"  handler differs from this environment: {'; '.join(diffs)}")
-        env_key = (conf.get("Environment") or {}).get("Variables", {}).get(
-            "DASK_LAMBDA_SIGNING_KEY")
-        local_key = keys.read_file(target.function)
-        line(local_key is not None and env_key == local_key.hex(),
-             f"  signing key {names.key_file(target.function)} matches the function's")
-        if has_bucket:
+        variables = (conf.get("Environment") or {}).get("Variables", {})
+        if variables.get(protocol.SIGNING_KEY_ENV):
+            line(False, "  the signing key is in the function's configuration, which every "
+                 "user of the function may read: deploy again to move it to Secrets Manager "
+                 "(and replace it)")
+        else:
+            local_key = keys.read_file(target.function)
+            line(local_key is not None and variables.get(handler_env.KEY_ID_ENV)
+                 == handler_env.key_id(local_key),
+                 f"  signing key {names.key_file(target.function)} matches the function's"
+                 + ("" if local_key is not None else " (no such file)"))
+            problem = function.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
+            line(problem is None, "  the function can read its signing key" if problem is None
+                 else f"  the function cannot use its signing key: {problem}")
+        if where is not None:
             on = bucket.trigger(c["s3"], target.bucket, target.prefix, target.function)
             out(f"{'ok ' if on else '-- '} S3 trigger for mode=\"trigger\": "
                 f"{'on' if on else 'off (deploy with --trigger to use it)'}")

@@ -1,9 +1,11 @@
-"""The bucket: created if missing, public access blocked, encryption on, a lifecycle rule that
-expires what dead clients leave, and (``--trigger``) the notification that runs jobs.
+"""The bucket: created if missing (then with public access blocked and default encryption),
+a lifecycle rule that expires what dead clients leave, and (``--trigger``) the notification
+that runs jobs.
 
-Bucket-wide settings that other tools may share (lifecycle rules, notifications,
-tags) are merged by id: deploy adds or replaces its own entries and keeps the rest,
-and destroy removes only its own.
+A bucket deploy did not create keeps its public access block and encryption as they are.
+Bucket-wide settings that other tools may share (lifecycle rules, notifications, tags) are
+merged by id: deploy adds or replaces its own entries and keeps the rest, and destroy
+removes only its own.
 """
 
 from __future__ import annotations
@@ -18,29 +20,58 @@ from . import names
 _code = s3errors.error_code  # of a botocore ClientError
 
 
-def exists(s3: Any, bucket: str) -> bool:
+def region(s3: Any, bucket: str) -> str | None:
+    """The bucket's region (HeadBucket's ``BucketRegion``), ``""`` if S3 does not say, or
+    None if there is no such bucket.
+
+    botocore's S3 region redirector answers HeadBucket for a bucket in any region, so a
+    successful call says nothing about the region: the header does.
+    """
     try:
-        s3.head_bucket(Bucket=bucket)
-        return True
+        answer = s3.head_bucket(Bucket=bucket)
     except Exception as exc:
         if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
-            return False
+            return None
         if _code(exc) in ("403", "AccessDenied"):
             raise DeployError(
                 f"the bucket {bucket!r} exists and you may not use it (HTTP 403): it belongs to "
                 "another account (bucket names are global) or your credentials lack "
-                "s3:ListBucket on it. Choose another name: dask-lambda deploy --bucket "
+                f"s3:ListBucket on arn:aws:s3:::{bucket} (HeadBucket needs it without a "
+                "prefix condition). Choose another name: dask-lambda deploy --bucket "
                 f"{bucket}-dask") from None
         raise
+    return answer.get("BucketRegion") or answer.get("ResponseMetadata", {}).get(
+        "HTTPHeaders", {}).get("x-amz-bucket-region", "")
 
 
-def ensure(s3: Any, bucket: str, region: str) -> bool:
-    """Create the bucket if it does not exist; returns whether it was created."""
-    if exists(s3, bucket):
+def exists(s3: Any, bucket: str) -> bool:
+    return region(s3, bucket) is not None
+
+
+def ensure(s3: Any, bucket: str, where: str, prefix: str = "",
+           function: str = names.DEFAULT_FUNCTION) -> bool:
+    """Create the bucket in region ``where`` if it does not exist; returns whether it was
+    created. (``prefix`` and ``function`` name the deployment in the error message.)
+
+    Raises
+    ------
+    DeployError
+        The bucket is in another region: Lambda reads a function's code from a bucket in
+        the function's own region (CreateFunction's ``S3Bucket``), and tasks would pay for
+        every byte across regions.
+    """
+    found = region(s3, bucket)
+    if found is not None:
+        if found and found != where:
+            raise DeployError(
+                f"the bucket {bucket!r} is in region {found}, not {where}: the function must "
+                f"be in the bucket's region. Deploy there "
+                f"(`{names.deploy_command(bucket, prefix, function, found)}`), or use a bucket "
+                f"in {where}")
         return False
     options: dict = {}
-    if region != "us-east-1":
-        options["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    if where != "us-east-1":
+        options["CreateBucketConfiguration"] = {"LocationConstraint": where}
     s3.create_bucket(Bucket=bucket, **options)
     tags = _tags(s3, bucket)
     tags[names.CREATED_BUCKET_TAG] = "true"
@@ -48,22 +79,25 @@ def ensure(s3: Any, bucket: str, region: str) -> bool:
     return True
 
 
-def configure(s3: Any, bucket: str, prefix: str, expire_days: int) -> None:
-    """Block public access, turn on default encryption, and add the lifecycle rules."""
-    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-        "RestrictPublicBuckets": True})
-    if encryption(s3, bucket) is None:
-        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
-            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-             "BucketKeyEnabled": True}]})
-    rules = [r for r in lifecycle_rules(s3, bucket) if r.get("ID") not in _rule_ids(prefix)]
+def configure(s3: Any, bucket: str, prefix: str, expire_days: int, *, secure: bool) -> None:
+    """Add the lifecycle rules; with ``secure`` (a bucket deploy created) also block public
+    access and turn on default encryption."""
+    if secure:
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True})
+        if encryption(s3, bucket) is None:
+            s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                           "BucketKeyEnabled": True}]})
+    rules, options = _lifecycle(s3, bucket)
+    rules = [r for r in rules if r.get("ID") not in _rule_ids(prefix)]
     for kind, root in _roots(prefix).items():
         rules.append({"ID": names.lifecycle_id(prefix, kind), "Status": "Enabled",
                       "Filter": {"Prefix": root}, "Expiration": {"Days": expire_days},
                       "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
-    s3.put_bucket_lifecycle_configuration(Bucket=bucket,
-                                          LifecycleConfiguration={"Rules": rules})
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules},
+                                          **options)
 
 
 def _roots(prefix: str) -> dict[str, str]:
@@ -75,8 +109,7 @@ def _rule_ids(prefix: str) -> set[str]:
     return {names.lifecycle_id(prefix, kind) for kind in _roots(prefix)}
 
 
-def encryption(s3: Any, bucket: str) -> str | None:
-    """The bucket's default encryption algorithm, or None."""
+def _default_encryption(s3: Any, bucket: str) -> dict | None:
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
     except Exception as exc:
@@ -84,8 +117,24 @@ def encryption(s3: Any, bucket: str) -> str | None:
             return None
         raise
     for rule in rules.get("Rules", ()):
-        return rule.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm")
+        return rule.get("ApplyServerSideEncryptionByDefault") or None
     return None
+
+
+def encryption(s3: Any, bucket: str) -> str | None:
+    """The bucket's default encryption algorithm, or None."""
+    return (_default_encryption(s3, bucket) or {}).get("SSEAlgorithm")
+
+
+def kms_key(s3: Any, bucket: str) -> str | None:
+    """The KMS key (id, ARN or alias, as configured) the bucket encrypts new objects with by
+    default, or None (SSE-S3, no default, or the AWS managed key ``aws/s3``, which every
+    principal of the account may use through S3)."""
+    rule = _default_encryption(s3, bucket) or {}
+    if not str(rule.get("SSEAlgorithm", "")).startswith("aws:kms"):
+        return None
+    key = rule.get("KMSMasterKeyID") or None
+    return None if key in (None, "alias/aws/s3") or str(key).endswith(":alias/aws/s3") else key
 
 
 def public_access_blocked(s3: Any, bucket: str) -> bool:
@@ -99,13 +148,22 @@ def public_access_blocked(s3: Any, bucket: str) -> bool:
                                      "RestrictPublicBuckets"))
 
 
-def lifecycle_rules(s3: Any, bucket: str) -> list[dict]:
+def _lifecycle(s3: Any, bucket: str) -> tuple[list[dict], dict]:
+    """The bucket's lifecycle rules, and the other settings of its lifecycle configuration
+    that a rewrite must send back (``TransitionDefaultMinimumObjectSize``: a PUT without it
+    resets it to S3's default, PutBucketLifecycleConfiguration API)."""
     try:
-        return s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        answer = s3.get_bucket_lifecycle_configuration(Bucket=bucket)
     except Exception as exc:
         if _code(exc) == "NoSuchLifecycleConfiguration":
-            return []
+            return [], {}
         raise
+    options = {k: answer[k] for k in ("TransitionDefaultMinimumObjectSize",) if answer.get(k)}
+    return answer.get("Rules", []), options
+
+
+def lifecycle_rules(s3: Any, bucket: str) -> list[dict]:
+    return _lifecycle(s3, bucket)[0]
 
 
 def our_lifecycle_rules(s3: Any, bucket: str, prefix: str) -> list[dict]:
@@ -190,12 +248,12 @@ def remove(s3: Any, bucket: str, prefix: str, function: str) -> list[str]:
     if trigger(s3, bucket, prefix, function) is not None:
         set_trigger(s3, bucket, prefix, function, None)
         done.append(f"removed the S3 notification to {function}")
-    rules = lifecycle_rules(s3, bucket)
+    rules, options = _lifecycle(s3, bucket)
     kept = [r for r in rules if r.get("ID") not in _rule_ids(prefix)]
     if len(kept) != len(rules):
         if kept:
-            s3.put_bucket_lifecycle_configuration(Bucket=bucket,
-                                                  LifecycleConfiguration={"Rules": kept})
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=bucket, LifecycleConfiguration={"Rules": kept}, **options)
         else:
             s3.delete_bucket_lifecycle(Bucket=bucket)
         done.append("removed the lifecycle rules")

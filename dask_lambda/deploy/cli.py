@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-COMMANDS = ("deploy", "status", "destroy")
+if TYPE_CHECKING:
+    from . import Target
+
+COMMANDS = ("deploy", "status", "destroy", "permissions")
 
 
 def _target_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         help="comma-separated packages the tasks import beyond dask, numpy, "
                              "pandas, pyarrow and s3fs (pinned to the versions installed here)")
     deploy.add_argument("--attach-policy", action="append", default=[], metavar="ARN",
-                        help="managed policy to attach to the role, e.g. for the tasks' data")
+                        help="managed policy to attach to the role, e.g. for the tasks' data "
+                             "(it stays attached on later deploys)")
+    deploy.add_argument("--detach-policy", action="append", default=[], metavar="ARN",
+                        help="managed policy to detach from the role")
+    deploy.add_argument("--rotate-key", action="store_true",
+                        help="replace the signing key (copy the new key file to the other "
+                             "machines that use the function)")
     deploy.add_argument("--image", default=None, metavar="URI",
                         help="deploy this container image instead of a zip package")
     deploy.add_argument("--package", default=None, metavar="ZIP",
@@ -46,6 +57,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _target_args(status)
     destroy = sub.add_parser("destroy", help="remove what deploy made, and nothing else")
     _target_args(destroy)
+    perms = sub.add_parser(
+        "permissions", help="print the IAM policies the deployer and the users need",
+        description="Print, as IAM policy documents, what `dask-lambda deploy`, `status` and "
+                    "`destroy` need, what a user of the deployment needs, and what "
+                    "`deploy --image` needs on top.")
+    _target_args(perms)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,15 +82,39 @@ def run(args: argparse.Namespace) -> int:
             deploy(target, memory=args.memory, timeout=args.timeout, arch=args.arch,
                    trigger=args.trigger, extra_packages=extra, glibc=args.glibc,
                    package=Path(args.package) if args.package else None, image=args.image,
-                   attach_policies=tuple(args.attach_policy), out=out)
+                   attach_policies=tuple(args.attach_policy),
+                   detach_policies=tuple(args.detach_policy), rotate_key=args.rotate_key,
+                   out=out)
             out(f"Deployed. Use it: LambdaClient(\"{args.bucket}\", backend=\"aws\", "
                 f"function=\"{target.function}\", region=\"{target.region}\""
                 + (", mode=\"trigger\")" if args.trigger else ")"))
             return 0
         if args.command == "status":
             return 0 if status(target, out=out) else 1
+        if args.command == "permissions":
+            _permissions(target, out)
+            return 0
         destroy(target, out=out)
         return 0
     except DaskLambdaError as exc:
         print(f"dask-lambda {args.command}: {exc}", file=sys.stderr, flush=True)
         return 1
+
+
+def _permissions(target: Target, out: Callable[[str], None]) -> None:
+    """Print the three policies for ``target``, with this account's id where known."""
+    import boto3
+
+    from . import permissions
+
+    try:
+        account = boto3.client("sts", region_name=target.region).get_caller_identity()["Account"]
+    except Exception:  # no credentials here: the policies are still worth printing
+        account = "ACCOUNT"
+    names = (target.bucket, target.prefix, target.function, target.region, account)
+    out("# dask-lambda deploy, status and destroy:")
+    out(permissions.render(permissions.deployer_policy(*names)))
+    out("# a user of the deployment (LambdaClient(..., backend=\"aws\")):")
+    out(permissions.render(permissions.user_policy(*names)))
+    out("# deploy --image, on top of the first (an ECR repository named after the function):")
+    out(permissions.render(permissions.image_policy(target.function, target.region, account)))

@@ -1,11 +1,19 @@
-"""The Lambda function: created or updated in place, its log group, and the S3 permission."""
+"""The Lambda function: created or updated in place, its log group, and the S3 permission.
+
+Lambda refuses an update while another is in progress (``LastUpdateStatus`` InProgress,
+ResourceConflictException) and does not invoke a function that is not ``Active``: deploy
+waits for both, and wakes a function that went ``Inactive`` after weeks without
+invocations (Lambda function states).
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +23,115 @@ from ..errors import DeployError
 from . import names
 
 _ROLE_PROPAGATION = 90.0  # seconds a new IAM role may take before Lambda can assume it
-
+#: Seconds to wait for a function to become Active, or for an update to finish. Lambda
+#: takes seconds, or minutes for a large image (Lambda function states).
+READY_TIMEOUT = 600.0
+_POLL = 2.0
+#: Seconds an invoked Inactive function may take to leave Inactive.
+_WAKE_START = 30.0
 
 _code = s3errors.error_code  # of a botocore ClientError
+_DENIED = ("AccessDeniedException", "AccessDenied")
 
 
 def get(lam: Any, function: str) -> dict | None:
-    """The function's configuration (with ``Tags``), or None."""
+    """The function's configuration (with ``Tags``), or None.
+
+    The tags come from ListTags, called explicitly: GetFunction leaves them out for a
+    caller without ``lambda:ListTags``, and deploy would then take its own function for
+    someone else's.
+    """
     try:
         found = lam.get_function(FunctionName=function)
     except lam.exceptions.ResourceNotFoundException:
         return None
     conf = found["Configuration"]
-    conf["Tags"] = found.get("Tags") or {}
+    try:
+        conf["Tags"] = lam.list_tags(Resource=conf["FunctionArn"]).get("Tags") or {}
+    except Exception as exc:
+        if _code(exc) not in _DENIED:
+            raise
+        raise DeployError(
+            f"AWS refused lambda:ListTags on the function {function!r} ({_code(exc)}): deploy "
+            "and destroy read its tags to tell a function they made from someone else's. "
+            "Allow lambda:ListTags on it for these credentials (README, Run on AWS: "
+            "Permissions; `dask-lambda permissions` prints the policy)") from None
     return conf
+
+
+def wait_ready(lam: Any, function: str, *, timeout: float = READY_TIMEOUT,
+               out: Callable[[str], None] | None = None) -> dict:
+    """Wait until the function is Active and no update is in progress; its configuration.
+
+    Raises
+    ------
+    DeployError
+        The function is Failed or Inactive, or it is still not ready after ``timeout``
+        seconds.
+    """
+    deadline = time.monotonic() + timeout
+    said = ""
+    while True:
+        conf = lam.get_function_configuration(FunctionName=function)
+        state, update = conf.get("State") or "Active", conf.get("LastUpdateStatus")
+        if state == "Active" and update != "InProgress":
+            return conf
+        if state == "Failed":
+            raise DeployError(
+                f"the Lambda function {function!r} is Failed ({conf.get('StateReasonCode')}: "
+                f"{conf.get('StateReason')}): Lambda cannot recover it; delete it (`aws lambda "
+                f"delete-function --function-name {function}`) and deploy again")
+        if state == "Inactive":
+            raise DeployError(
+                f"the Lambda function {function!r} is Inactive ({conf.get('StateReasonCode')}: "
+                f"{conf.get('StateReason')}): Lambda could not recreate its resources; fix what "
+                "the reason names, then run deploy again")
+        if state != "Pending" and update != "InProgress":
+            raise DeployError(
+                f"the Lambda function {function!r} is {state} ({conf.get('StateReason')}): "
+                "wait until it is Active, or delete it and deploy again")
+        waiting = f"the function {function} is {state}" + (
+            ", an update is in progress" if update == "InProgress" else "")
+        if out is not None and waiting != said:
+            out(f"waiting: {waiting}")
+            said = waiting
+        if time.monotonic() > deadline:
+            raise DeployError(f"{waiting} after {timeout:.0f} s: try again later")
+        time.sleep(_POLL)
+
+
+def wake(lam: Any, function: str, *, out: Callable[[str], None] | None = None) -> dict:
+    """Make an Inactive function Active again (and wait for one that is Pending or being
+    updated); returns its configuration.
+
+    A function idle for weeks becomes Inactive; an invoke then fails (for a function in a
+    VPC, with ResourceNotReadyException) and sets it Pending while Lambda recreates its
+    resources, then Active, or Inactive again if it cannot (Lambda function states). A
+    ping is that invoke.
+    """
+    conf = lam.get_function_configuration(FunctionName=function)
+    if conf.get("State") != "Inactive":
+        return wait_ready(lam, function, out=out)
+    if out is not None:
+        out(f"the function {function} is Inactive ({conf.get('StateReason') or 'idle'}): "
+            "waking it")
+    refused = ""
+    try:
+        lam.invoke(FunctionName=function, Payload=PING)["Payload"].read()
+    except Exception as exc:
+        if not _code(exc):
+            raise
+        refused = f" (the invoke was answered {_code(exc)})"
+    deadline = time.monotonic() + _WAKE_START
+    while conf.get("State") == "Inactive":
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"the Lambda function {function!r} stays Inactive after an invoke{refused}: "
+                f"{conf.get('StateReasonCode')}: {conf.get('StateReason')}. Fix what the "
+                "reason names, then run deploy again")
+        time.sleep(_POLL)
+        conf = lam.get_function_configuration(FunctionName=function)
+    return wait_ready(lam, function, out=out)
 
 
 def sha256_b64(path: Path) -> str:
@@ -42,42 +145,117 @@ def sha256_b64(path: Path) -> str:
 
 def ensure(lam: Any, *, function: str, role_arn: str, code: dict, runtime: str | None,
            arch: str, memory: int, timeout: int, env: dict, description: str,
-           code_sha: str | None) -> tuple[dict, str]:
+           code_sha: str | None, current: dict | None = None,
+           out: Callable[[str], None] | None = None) -> tuple[dict, str]:
     """Create the function, or update its code (if changed) and configuration.
 
-    ``code`` is ``{"S3Bucket", "S3Key"}`` for a zip or ``{"ImageUri"}`` for an image.
+    ``code`` is ``{"S3Bucket", "S3Key"}`` for a zip or ``{"ImageUri"}`` for an image;
+    ``current`` is the function's configuration from `get` (None: read it here).
     Returns (configuration, "created" | "updated" | "unchanged").
     """
     config: dict = {"Role": role_arn, "MemorySize": memory, "Timeout": timeout,
                     "Environment": {"Variables": env}, "Description": description}
     if "ImageUri" not in code:
         config.update(Runtime=runtime, Handler=names.HANDLER)
-    current = get(lam, function)
+    if current is None:
+        current = get(lam, function)
     if current is None:
         options = dict(config, FunctionName=function, Architectures=[arch], Code=code,
                        PackageType="Image" if "ImageUri" in code else "Zip",
                        Tags={names.TAG_KEY: names.TAG_VALUE})
-        conf = _retry_role(lambda: lam.create_function(**options))
-        lam.get_waiter("function_active_v2").wait(FunctionName=function)
+        with _image_access(code):
+            conf = _retry_role(lambda: lam.create_function(**options))
+        wait_ready(lam, function, out=out)
         return conf, "created"
-    if current["Tags"].get(names.TAG_KEY) != names.TAG_VALUE:
-        raise DeployError(
-            f"a Lambda function {function!r} exists that dask-lambda deploy did not make; "
-            f"deploy under another name: dask-lambda deploy ... --function {function}-dask")
+    check_ours(current, function)
+    check_package_type(current, function, image="ImageUri" in code)
     changed = False
     if code_sha is None or current.get("CodeSha256") != code_sha or \
             current.get("Architectures", ["x86_64"]) != [arch]:
-        lam.update_function_code(FunctionName=function, Architectures=[arch], **code)
-        lam.get_waiter("function_updated_v2").wait(FunctionName=function)
+        with _image_access(code):
+            _updating(lam, function, out, lambda: lam.update_function_code(
+                FunctionName=function, Architectures=[arch], **code))
         changed = True
     wanted = {k: v for k, v in config.items()}
     have = {k: current.get(k) for k in wanted}
     if have != wanted:
-        _retry_role(lambda: lam.update_function_configuration(FunctionName=function, **wanted))
-        lam.get_waiter("function_updated_v2").wait(FunctionName=function)
+        _updating(lam, function, out, lambda: _retry_role(
+            lambda: lam.update_function_configuration(FunctionName=function, **wanted)))
         changed = True
-    return lam.get_function_configuration(FunctionName=function), \
-        "updated" if changed else "unchanged"
+    return wait_ready(lam, function, out=out), "updated" if changed else "unchanged"
+
+
+@contextlib.contextmanager
+def _image_access(code: dict) -> Iterator[None]:
+    """Name the ECR permissions when Lambda may not pull an image (it answers
+    InvalidParameterValueException, not AccessDenied)."""
+    try:
+        yield
+    except Exception as exc:
+        if "ImageUri" not in code or _code(exc) != "InvalidParameterValueException" or \
+                "ecr" not in str(exc).lower():
+            raise
+        raise DeployError(
+            f"Lambda may not use the image {code['ImageUri']} ({exc}): the repository must be "
+            "in the function's region, and whoever deploys needs ECR access to it (the third "
+            "policy `dask-lambda permissions` prints; README, Run on AWS: Permissions)"
+        ) from None
+
+
+def check_ours(current: dict, function: str) -> None:
+    """Raise `DeployError` unless deploy made this function (its tag)."""
+    if not names.tagged(current.get("Tags")):
+        raise DeployError(
+            f"a Lambda function {function!r} exists that dask-lambda deploy did not make; "
+            f"deploy under another name: dask-lambda deploy ... --function {function}-dask")
+
+
+def check_package_type(current: dict, function: str, *, image: bool) -> None:
+    """Raise `DeployError` if deploying would switch the function between zip and image.
+
+    A function's package type is set when it is created and cannot change (CreateFunction's
+    ``PackageType``; Lambda: "You cannot change the deployment package type of an existing
+    function").
+    """
+    have = current.get("PackageType") or "Zip"
+    want = "Image" if image else "Zip"
+    if have == want:
+        return
+    was = "an image" if have == "Image" else "a zip package"
+    how = "--image" if image else "a zip package (without --image)"
+    raise DeployError(
+        f"the Lambda function {function!r} was deployed as {was}, "
+        f"and Lambda cannot switch an existing function to {how}. Deploy under another name "
+        f"(`dask-lambda deploy ... --function {function}-{want.lower()}`), or delete the "
+        f"function first (`aws lambda delete-function --function-name {function}`), then run "
+        "deploy again")
+
+
+def _updating(lam: Any, function: str, out: Callable[[str], None] | None,
+              call: Callable[[], Any]) -> Any:
+    """Run an update once the function accepts one (no update in progress), then wait for it.
+
+    Lambda answers ResourceConflictException while an update (ours, or another deploy's)
+    is in progress; waiting for LastUpdateStatus first, and once more on a conflict, covers
+    an update that started in between.
+    """
+    wait_ready(lam, function, out=out)
+    for attempt in range(3):
+        try:
+            answer = call()
+            break
+        except Exception as exc:
+            if _code(exc) != "ResourceConflictException" or attempt == 2:
+                raise
+            wait_ready(lam, function, out=out)
+    conf = wait_ready(lam, function, out=out)
+    if conf.get("LastUpdateStatus") == "Failed":  # Lambda kept the previous code and settings
+        raise DeployError(
+            f"Lambda could not apply the update of the function {function!r} "
+            f"({conf.get('LastUpdateStatusReasonCode')}: {conf.get('LastUpdateStatusReason')}); "
+            "it still runs the previous code and settings. Fix what the reason names, then run "
+            "deploy again")
+    return answer
 
 
 def _retry_role(call: Any) -> Any:
@@ -131,9 +309,14 @@ def ensure_log_group(logs: Any, function: str) -> None:
     logs.put_retention_policy(logGroupName=group, retentionInDays=names.LOG_RETENTION_DAYS)
 
 
-def ping(lam: Any, function: str) -> dict | None:
-    """The deployed handler's versions, or None if it does not answer like a dask-lambda handler."""
-    resp = lam.invoke(FunctionName=function, Payload=b'{"op": "ping"}')
+#: The ping event: the handler answers its versions, and its signing key's fingerprint.
+PING = b'{"op": "ping", "key": true}'
+
+
+def ping_answer(lam: Any, function: str) -> dict | None:
+    """The deployed handler's ping answer (``versions``, ``key``), or None if it does not
+    answer like a dask-lambda handler."""
+    resp = lam.invoke(FunctionName=function, Payload=PING)
     body = resp["Payload"].read()
     try:
         answer = json.loads(body)
@@ -141,7 +324,29 @@ def ping(lam: Any, function: str) -> dict | None:
         return None
     if resp.get("FunctionError") or not isinstance(answer, dict):
         return None
-    return answer.get("versions")
+    return answer
+
+
+def ping(lam: Any, function: str) -> dict | None:
+    """The deployed handler's versions, or None if it does not answer like a dask-lambda handler."""
+    return (ping_answer(lam, function) or {}).get("versions")
+
+
+def key_problem(answer: dict | None, key_id: str | None) -> str | None:
+    """Why the function cannot use its signing key (from its ping ``answer``), or None.
+
+    ``key_id``: the fingerprint the function's configuration names. A handler too old to
+    say is not judged here (its versions differ).
+    """
+    said = (answer or {}).get("key")
+    if not isinstance(said, dict):
+        return None
+    if said.get("error"):
+        return str(said["error"])
+    if key_id and said.get("id") != key_id:
+        return ("the function read another signing key than its configuration names: run "
+                "`dask-lambda deploy` again")
+    return None
 
 
 def delete(lam: Any, logs: Any, function: str) -> list[str]:
@@ -149,7 +354,7 @@ def delete(lam: Any, logs: Any, function: str) -> list[str]:
     done: list[str] = []
     conf = get(lam, function)
     if conf is not None:
-        if conf["Tags"].get(names.TAG_KEY) != names.TAG_VALUE:
+        if not names.tagged(conf.get("Tags")):
             raise DeployError(f"the Lambda function {function!r} was not made by dask-lambda "
                               "deploy; it was left alone")
         lam.delete_function(FunctionName=function)

@@ -44,6 +44,18 @@ def role_name(function: str) -> str:
     return name if len(name) <= 64 else f"{function[:47]}-{_digest(function)}-role"
 
 
+def secret_name(function: str) -> str:
+    """The Secrets Manager secret holding ``function``'s signing key."""
+    return f"dask-lambda/{function}/signing-key"
+
+
+def tagged(tags: dict | list | None) -> bool:
+    """Whether ``tags`` (a dict, or AWS's list of ``{"Key", "Value"}``) carry deploy's tag."""
+    if isinstance(tags, list):
+        tags = {t.get("Key"): t.get("Value") for t in tags}
+    return (tags or {}).get(TAG_KEY) == TAG_VALUE
+
+
 def log_group(function: str) -> str:
     return f"/aws/lambda/{function}"
 
