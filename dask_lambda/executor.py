@@ -370,12 +370,13 @@ class LambdaExecutor(_AsyncExecutor):
         lost = self._unreadable.get(key)
         if lost is not None and lost[0] > self.retries:
             exc = lost[1]
-            note = (f" (the output of task {key!r} could not be read {lost[0]} times; it was "
-                    f"computed again each time, retries={self.retries})")
-            try:
-                exc = type(exc)(f"{exc}{note}")
-            except Exception:  # an exception type that takes other arguments: keep it as it is
-                pass
+            if not isinstance(exc, PermissionError):  # (that one was not computed again)
+                note = (f" (the output of task {key!r} could not be read {lost[0]} times; it "
+                        f"was computed again each time, retries={self.retries})")
+                try:
+                    exc = type(exc)(f"{exc}{note}")
+                except Exception:  # an exception type that takes other arguments: keep it
+                    pass
             return self._erred(key, exc, None, "", start, delay)
         if type(task) in _LOCAL_TASKS:  # renaming or literal data: no work worth a Lambda
             self.stats.local_tasks += 1
