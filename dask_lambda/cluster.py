@@ -164,7 +164,7 @@ class LambdaCluster(SpecCluster):
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 inline_max=self._inline_max, retries=self._retries, locality=self._locality,
                 max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
-                cost=self.cost)
+                cost=self.cost, share_min=self.config.share_min)
             self.worker_spec = self._gateway_spec()
             await super()._start()
             self.scheduler.restart_gateway = self._restart_gateway

@@ -35,6 +35,7 @@ from time import time
 from typing import Any
 
 from dask._task_spec import Alias, DataNode
+from dask.sizeof import sizeof
 from dask.utils import key_split
 from dask_lambda_handler import protocol
 
@@ -102,6 +103,12 @@ class ExecutorStats:
     cancelled
         Running tasks stopped because the scheduler no longer wanted them (cancelled, or
         their last future released). On AWS, Lambda bills each until it ends by itself.
+    shared_values, shared_bytes
+        Values held here (graph literals, scattered data, small outputs) uploaded to S3 once
+        for the tasks that read them (``share-min``), and their encoded bytes.
+    shared_bytes_saved
+        Bytes those references kept out of jobs: what each later job that read a shared
+        value would have carried again.
     """
 
     tasks: int = 0
@@ -118,6 +125,9 @@ class ExecutorStats:
     batches: int = 0
     batched_tasks: int = 0
     cancelled: int = 0
+    shared_values: int = 0
+    shared_bytes: int = 0
+    shared_bytes_saved: int = 0
 
 
 #: Values of outputs kept in S3, downloaded for the gather being answered in this context
@@ -140,6 +150,11 @@ class LambdaData(MutableMapping):
         self._data: dict = {}
         self._holders: Counter = Counter()
         self._release = release
+
+    @property
+    def holders(self) -> Counter:
+        """How many keys hold each `ObjectRef`."""
+        return self._holders
 
     def __getitem__(self, key: Any) -> Any:
         resolved = RESOLVED.get()
@@ -266,13 +281,17 @@ class LambdaExecutor(_AsyncExecutor):
         can; ``None``: no retry.
     cost
         Accumulates billable usage and enforces the budget.
+    share_min
+        Input values held here of at least this many bytes are uploaded once and referenced
+        (``None``: never).
     """
 
     def __init__(self, backend: Backend, store: S3Store, layout: protocol.Layout, *,
                  signing_key: bytes, inline_max: int, retries: int, locality: bool = True,
                  max_output: int | None = None, oom_retry_memory: int | None = None,
-                 cost: CostMeter | None = None):
+                 cost: CostMeter | None = None, share_min: int | None = None):
         self.backend = backend
+        self.share_min = share_min
         self.store = store
         self.layout = layout
         self.signing_key = signing_key
@@ -306,6 +325,8 @@ class LambdaExecutor(_AsyncExecutor):
         self._module_files: dict[str, tuple[int, tuple[str, bytes] | None]] = {}
         #: Files already in S3 for this run, by content hash.
         self._shipped: dict[str, str] = {}
+        #: Uploads of values held here, by key, under way (`share`).
+        self._sharing: dict[Any, asyncio.Future] = {}
         #: Keys whose output could not be read by a gather: (times, last error).
         self._unreadable: dict[Any, tuple[int, BaseException]] = {}
         #: The gateway worker, once it has started (`dask_lambda.gateway.GatewayWorker`).
@@ -381,6 +402,13 @@ class LambdaExecutor(_AsyncExecutor):
         if type(task) in _LOCAL_TASKS:  # renaming or literal data: no work worth a Lambda
             self.stats.local_tasks += 1
             return self._finished(task(data), start, delay)
+        shared: list[protocol.ObjectRef] = []
+        if self.share_min is not None and data:
+            try:
+                data = await self._share_inputs(data, shared)
+            except Exception as exc:  # S3 refused or failed: the task cannot be sent
+                return self._erred(key, type(exc)(f"task {key!r}: {exc}"), None, "", start,
+                                   delay)
         try:
             frames, modules = serialize.dumps_shipping((task, (data,), {}))
         except Exception as exc:
@@ -418,6 +446,8 @@ class LambdaExecutor(_AsyncExecutor):
             return self._erred(key, wrapped, None, "", start, delay)
         finally:
             self.stats.tasks += 1
+            if shared:
+                self._garbage.extend(self._unheld(shared))
         if isinstance(outcome, protocol.ObjectRef):  # the output stays in S3
             self.stats.outputs_in_s3 += 1
             self.stats.output_bytes_in_s3 += outcome.nbytes
@@ -629,6 +659,72 @@ class LambdaExecutor(_AsyncExecutor):
         self.stats.retries += 1
         return count
 
+    # -- values held here, uploaded once -------------------------------------------------
+
+    async def _share_inputs(self, data: dict, shared: list) -> dict:
+        """``data`` with each value held here of at least ``share_min`` bytes replaced by a
+        reference to an S3 object uploaded once (the handler reads it as it reads outputs);
+        the references go into ``shared``."""
+        out = data
+        worker_tasks = self.worker.state.tasks if self.worker is not None else {}
+        for dep, value in data.items():
+            if isinstance(value, protocol.ObjectRef) or value is None:
+                continue
+            ts = worker_tasks.get(dep)
+            size = ts.nbytes if ts is not None and ts.nbytes is not None else sizeof(value)
+            if size < self.share_min:  # type: ignore[operator]
+                continue
+            ref = await self.share(dep, value)
+            if out is data:
+                out = dict(data)
+            out[dep] = ref
+            shared.append(ref)
+            self.stats.shared_bytes_saved += ref.nbytes
+        return out
+
+    def share_soon(self, key: Any, value: Any) -> None:
+        """Start uploading ``value`` (held here under ``key``, e.g. scattered) so that it
+        lives in S3 rather than in this process."""
+        if self.share_min is not None and sizeof(value) >= self.share_min:
+            task = asyncio.ensure_future(self.share(key, value))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def share(self, key: Any, value: Any) -> protocol.ObjectRef:
+        """The reference to ``value`` (held here under ``key``) in S3, uploaded once: the
+        worker's data then holds the reference, released as outputs are."""
+        held = self.data.peek(key)
+        if isinstance(held, protocol.ObjectRef):
+            return held
+        future = self._sharing.get(key)
+        if future is None:
+            future = self._sharing[key] = asyncio.ensure_future(self._upload_value(key, value))
+            future.add_done_callback(lambda _: self._sharing.pop(key, None))
+        ref: protocol.ObjectRef = await asyncio.shield(future)
+        if self.data.peek(key) is value:
+            self.data[key] = ref  # later jobs (and gathers) use the object; released with key
+        return ref
+
+    def _unheld(self, refs: Iterable[protocol.ObjectRef]) -> list[str]:
+        """Keys of ``refs`` that no key of the worker's data holds (their key was released
+        while a job that reads them was being made): deleted once that job has ended."""
+        return [r.key for r in refs if r not in self.data.holders]
+
+    async def _upload_value(self, key: Any, value: Any) -> protocol.ObjectRef:
+        token = protocol.task_token(key) + f"-{next(self._seq)}-value"
+        object_key = self.layout.result_key(token, 0)
+        frames = serialize.dumps(value)
+        parts = protocol.encode_parts({"kind": "result", "type": protocol.type_name(value)},
+                                      frames, self.signing_key,
+                                      protocol.identity(self.layout.bucket, object_key))
+        nbytes = protocol.parts_size(parts)
+        await self.store.put(object_key, parts)
+        self.stats.bytes_sent += nbytes
+        self.stats.shared_values += 1
+        self.stats.shared_bytes += nbytes
+        self.stats.shared_bytes_saved -= nbytes  # the first reader's copy was sent after all
+        return protocol.ObjectRef(self.layout.bucket, object_key, nbytes, sizeof(value),
+                                  protocol.type_name(value))
+
     # -- files that travel with the jobs ----------------------------------------------------
 
     def upload_file(self, filename: str, data: bytes) -> None:
@@ -784,5 +880,7 @@ def gateway_metrics(executor: LambdaExecutor) -> dict:
         "lambda_bytes_sent": lambda w: stats.bytes_sent,
         "lambda_bytes_received": lambda w: stats.bytes_received,
         "lambda_s3_bytes_kept": lambda w: stats.output_bytes_in_s3,
+        "lambda_shared_bytes": lambda w: stats.shared_bytes,
+        "lambda_shared_bytes_saved": lambda w: stats.shared_bytes_saved,
         "lambda_cost_usd": lambda w: executor.cost.dollars(),
     }

@@ -90,6 +90,15 @@ class GatewayWorker(Worker):
         self.handle_stimulus(RemoveReplicasEvent(
             keys=[key], stimulus_id=f"dask-lambda-unreadable-{time()}"))
 
+    def update_data(self, data: dict, stimulus_id: str | None = None) -> dict[str, Any]:
+        """``client.scatter(...)``: held here as on any worker, and each value of at least
+        ``share-min`` bytes goes to S3 at once, where tasks read it (every reader the same
+        object: ``broadcast=True`` needs nothing more); the worker then holds a reference."""
+        result = super().update_data(data, stimulus_id)
+        for key, value in data.items():
+            self.lambda_executor.share_soon(key, value)
+        return result
+
     # -- what distributed would run on its workers, here -----------------------------------
 
     async def upload_file(self, filename: str, data: str | bytes, load: bool = True

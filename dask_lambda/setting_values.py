@@ -363,6 +363,15 @@ def inline_max(value: Any, ctx: Context) -> int:
     return size
 
 
+def share_min(value: Any, ctx: Context) -> int | None:
+    if value is None:
+        return None
+    size = _bytes(value)
+    if size < 1:
+        raise Refused("it must be at least 1 byte (None: never share)", "64 KiB")
+    return size
+
+
 def max_output(value: Any, ctx: Context) -> int | None:
     if value is None:
         return None

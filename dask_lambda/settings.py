@@ -134,6 +134,11 @@ class Settings:
         "inline-max", "inline_max", 'bytes or a size such as "256 KiB"', v.inline_max,
         lambda done: "256 KiB"))
     """Jobs and outputs up to this many bytes travel inside the invoke request and response."""
+    share_min: int | None = dataclasses.field(metadata=_spec(
+        "share-min", "share_min", 'bytes or a size such as "64 KiB", or None to never share',
+        v.share_min, lambda done: "64 KiB", nullable=True))
+    """Values held here (literals in a graph, scattered data, small outputs) at least this
+    large go to S3 once, and jobs carry a reference instead of a copy. None: never."""
     locality: bool = dataclasses.field(metadata=_spec(
         "locality", "locality", "True or False", v.boolean, lambda done: True))
     """Keep outputs in S3 between tasks (False downloads every output to the client)."""

@@ -158,6 +158,41 @@ def _error_payload(exc: BaseException) -> tuple[dict, list]:
     return header, frames
 
 
+class _InputCache:
+    """Inputs read from S3 lately, as verified bytes, so that the tasks a warm execution
+    environment runs next (the other chunks that read the same climatology, the same scattered
+    array) do not fetch them again. At most a quarter of the function's memory; objects are
+    immutable (every output and shared value has a key of its own), so no entry goes stale.
+    """
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._entries: OrderedDict[str, bytearray] = OrderedDict()
+        self._bytes = 0
+        memory_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 1024)
+        self.budget = memory_mb * 2**20 // 4
+
+    def get(self, key: str) -> bytearray | None:
+        raw = self._entries.get(key)
+        if raw is not None:
+            self._entries.move_to_end(key)
+        return raw
+
+    def put(self, key: str, raw: bytearray) -> None:
+        """Keep a copy of ``raw`` (the caller's values may be views of it, and change)."""
+        if len(raw) > self.budget // 2:
+            return
+        self._entries[key] = bytearray(raw)
+        self._bytes += len(raw)
+        while self._bytes > self.budget:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+_INPUTS = _InputCache()
+
+
 def _resolve(args: tuple, key: bytes) -> tuple:
     """Replace `ObjectRef` inputs (top-level, or values of a top-level dict) by their values,
     each verified as the object it names (signed with the run's ``key``)."""
@@ -171,15 +206,22 @@ def _resolve(args: tuple, key: bytes) -> tuple:
     from concurrent.futures import ThreadPoolExecutor
 
     def load(ref: protocol.ObjectRef) -> Any:
-        try:
-            raw = s3io.get(_s3(), ref.bucket, ref.key, _transfer_concurrency())
-        except FileNotFoundError:
-            raise InputLostError(
-                f"input s3://{ref.bucket}/{ref.key} of this task was deleted before it was read "
-                "(by hand, or by a lifecycle rule shorter than the computation): recompute the "
-                "graph; if it keeps happening, lengthen the bucket's lifecycle expiry") from None
         expected = protocol.identity(ref.bucket, ref.key)
-        return protocol.decode(raw, key, expected).load(_find_class)
+        raw = _INPUTS.get(ref.key)
+        if raw is None:
+            try:
+                raw = s3io.get(_s3(), ref.bucket, ref.key, _transfer_concurrency())
+            except FileNotFoundError:
+                raise InputLostError(
+                    f"input s3://{ref.bucket}/{ref.key} of this task was deleted before it was "
+                    "read (by hand, or by a lifecycle rule shorter than the computation): "
+                    "recompute the graph; if it keeps happening, lengthen the bucket's "
+                    "lifecycle expiry") from None
+            payload = protocol.decode(raw, key, expected)  # verified before it is kept
+            _INPUTS.put(ref.key, raw)  # (a copy: this task's values are views of ``raw``)
+            return payload.load(_find_class)
+        # a copy: a task may change its inputs in place, and the next one must not see that
+        return protocol.decode(bytearray(raw), key, expected).load(_find_class)
 
     with ThreadPoolExecutor(min(16, len(refs))) as pool:
         values = dict(zip(refs, pool.map(load, refs), strict=True))
