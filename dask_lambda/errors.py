@@ -7,6 +7,7 @@ from dask_lambda_handler.errors import (  # noqa: F401  (raised on the Lambda si
     NotAvailableInLambda,
     OutputTooLargeError,
     S3PermissionError,
+    TaskExitError,
 )
 
 

@@ -20,3 +20,12 @@ class InputLostError(FileNotFoundError):
 
 class S3PermissionError(PermissionError):
     """The function's role may not do an S3 action it needs; names the permission."""
+
+
+class TaskExitError(RuntimeError):
+    """A task raised SystemExit or KeyboardInterrupt (``sys.exit()`` inside the task, say).
+
+    That is the task's own outcome, reported at once and never retried; it arrives as this
+    error so that ``future.result()`` does not end the client's script.
+    """
+

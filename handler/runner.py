@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import compat, protocol, s3io, trigger
-from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError
+from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError, TaskExitError
 
 _COLD = True
 _S3: Any = None
@@ -203,6 +203,20 @@ def _failed(exc: BaseException) -> tuple:
     return "error", header, frames, 0, None
 
 
+def _exit_error(exc: BaseException) -> TaskExitError:
+    """What a task that raised SystemExit, KeyboardInterrupt (or another BaseException that
+    ends a process) is reported as: its own error, which does not end the client's script."""
+    if isinstance(exc, SystemExit):
+        what = f"called sys.exit({exc.code!r}) (SystemExit)"
+    else:
+        what = f"raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    error = TaskExitError(
+        f"the task {what}, which would end the function's process: it is reported as the "
+        "task's error and was not retried. Return a value, or raise an exception to fail "
+        "the task.")
+    return error.with_traceback(exc.__traceback__)
+
+
 #: Most bytes of a task's printed output returned to the client (all of it stays in the log).
 LOG_LIMIT = 64 * 1024
 
@@ -243,6 +257,8 @@ def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
             result = func(*args, **kwargs)
     except Exception as exc:
         return _failed(exc)
+    except BaseException as exc:  # the task's outcome too, not a crash of its environment
+        return _failed(_exit_error(exc))
     try:
         frames = protocol.dumps_object(result)
     except Exception as exc:
