@@ -29,3 +29,13 @@ class TaskExitError(RuntimeError):
     error so that ``future.result()`` does not end the client's script.
     """
 
+
+class ClientFileError(FileNotFoundError):
+    """A task opened a path on the client's disk, which a Lambda function cannot see.
+
+    Raised by the local backend's execution environments, where such a path would
+    otherwise open; in Lambda it does not exist.
+    """
+
+    def __str__(self) -> str:  # the message names the path already
+        return str(self.strerror)

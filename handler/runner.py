@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import compat, protocol, s3io, trigger
+from .client_paths import note_client_paths
 from .errors import InputLostError, NotAvailableInLambda, OutputTooLargeError, TaskExitError
 
 _COLD = True
@@ -256,7 +257,7 @@ def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
         with _captured_output(box):
             result = func(*args, **kwargs)
     except Exception as exc:
-        return _failed(exc)
+        return _failed(note_client_paths(exc))
     except BaseException as exc:  # the task's outcome too, not a crash of its environment
         return _failed(_exit_error(exc))
     try:
