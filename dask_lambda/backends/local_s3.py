@@ -49,12 +49,16 @@ async def start_server_process(python: str, module: str, *args: str,
     """Start ``python -m module *args``, a server that prints ``PORT <n>`` once it serves and
     exits when its stdin closes; ``config`` is written to its stdin first.
 
+    The server runs in a session of its own, out of the terminal's foreground process group,
+    so a Ctrl-C meant for the user's script does not kill it under the client (which stops
+    it as it closes).
+
     Returns the process and its port, or ``None`` if it did not say within `START_TIMEOUT`
     (the caller raises its own error; `stop_process` ends it either way).
     """
     proc = await asyncio.create_subprocess_exec(
         python, "-m", module, *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, cwd=cwd)
+        stdout=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
     if config is not None:
         proc.stdin.write(config)
