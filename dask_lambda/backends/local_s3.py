@@ -116,9 +116,15 @@ class LocalS3Backend(Backend):
         """Start moto's S3 server (working directory ``directory``) unless an endpoint was given."""
         if self.endpoint is not None:
             return
-        self._own_s3, port = await start_server_process(
-            self.python, "dask_lambda.backends.s3server", "--credentials-on-stdin",
-            config=json.dumps(self.credentials).encode() + b"\n", cwd=directory)
+        try:
+            self._own_s3, port = await start_server_process(
+                self.python, "dask_lambda.backends.s3server", "--credentials-on-stdin",
+                config=json.dumps(self.credentials).encode() + b"\n", cwd=directory)
+        except OSError as exc:  # the interpreter is missing or cannot be run
+            raise ConfigurationError(
+                f"the local backend's interpreter {self.python!r} cannot be started ({exc}): "
+                "set lambda.local.python to a Python with dask-lambda installed, e.g. "
+                "dask.config.set({'lambda.local.python': sys.executable})") from None
         if port is None:
             raise ConfigurationError(
                 "the local S3 server (moto) did not start; is moto installed with its server "
