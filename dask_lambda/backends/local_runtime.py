@@ -57,11 +57,13 @@ class LambdaContext:
 
 
 def _read(stream: Any) -> dict | None:
+    """The next request, or None at end of input (also one cut short: the client died)."""
     head = stream.read(_LEN.size)
     if len(head) < _LEN.size:
         return None
     (n,) = _LEN.unpack(head)
-    return json.loads(stream.read(n))
+    data = stream.read(n)
+    return json.loads(data) if len(data) == n else None
 
 
 def _write(stream: Any, msg: dict) -> None:
@@ -139,10 +141,13 @@ def main() -> None:
                 "stackTrace": traceback.format_exception(type(exc), exc, exc.__traceback__),
             }}
         try:
-            _write(proto_out, reply)
-        except TypeError as exc:  # a response that is not JSON
-            _write(proto_out, {"error": {"errorType": "Runtime.MarshalError",
-                                         "errorMessage": str(exc)}})
+            try:
+                _write(proto_out, reply)
+            except TypeError as exc:  # a response that is not JSON
+                _write(proto_out, {"error": {"errorType": "Runtime.MarshalError",
+                                             "errorMessage": str(exc)}})
+        except OSError:  # nobody reads the reply any more: the backend discarded us
+            _end_environment()
 
 
 if __name__ == "__main__":
