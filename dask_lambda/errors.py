@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dask_lambda_handler.errors import (  # noqa: F401  (raised on the Lambda side)
+    ClientFileError,
     InputLostError,
     NotAvailableInLambda,
     OutputTooLargeError,
     S3PermissionError,
+    TaskExitError,
 )
 
 

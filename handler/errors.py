@@ -24,3 +24,22 @@ class S3PermissionError(PermissionError):
 
 class SigningKeyError(RuntimeError):
     """The function has no signing key, or may not read the one its configuration names."""
+
+
+class TaskExitError(RuntimeError):
+    """A task raised SystemExit or KeyboardInterrupt (``sys.exit()`` inside the task, say).
+
+    That is the task's own outcome, reported at once and never retried; it arrives as this
+    error so that ``future.result()`` does not end the client's script.
+    """
+
+
+class ClientFileError(FileNotFoundError):
+    """A task opened a path on the client's disk, which a Lambda function cannot see.
+
+    Raised by the local backend's execution environments, where such a path would
+    otherwise open; in Lambda it does not exist.
+    """
+
+    def __str__(self) -> str:  # the message names the path already
+        return str(self.strerror)

@@ -31,11 +31,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import compat, env, protocol, s3io, trigger
+from .client_paths import note_client_paths
 from .errors import (  # noqa: F401  (NotAvailableInLambda: importable from here)
     InputLostError,
     NotAvailableInLambda,
     OutputTooLargeError,
     SigningKeyError,
+    TaskExitError,
 )
 
 _COLD = True
@@ -283,6 +285,20 @@ def _failed(exc: BaseException) -> tuple:
     return "error", header, frames, 0, None
 
 
+def _exit_error(exc: BaseException) -> TaskExitError:
+    """What a task that raised SystemExit, KeyboardInterrupt (or another BaseException that
+    ends a process) is reported as: its own error, which does not end the client's script."""
+    if isinstance(exc, SystemExit):
+        what = f"called sys.exit({exc.code!r}) (SystemExit)"
+    else:
+        what = f"raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    error = TaskExitError(
+        f"the task {what}, which would end the function's process: it is reported as the "
+        "task's error and was not retried. Return a value, or raise an exception to fail "
+        "the task.")
+    return error.with_traceback(exc.__traceback__)
+
+
 #: Most bytes of a task's printed output returned to the client (all of it stays in the log).
 LOG_LIMIT = 64 * 1024
 
@@ -322,7 +338,9 @@ def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
         with _captured_output(box):
             result = func(*args, **kwargs)
     except Exception as exc:
-        return _failed(exc)
+        return _failed(note_client_paths(exc))
+    except BaseException as exc:  # the task's outcome too, not a crash of its environment
+        return _failed(_exit_error(exc))
     try:
         frames = protocol.dumps_object(result)
     except Exception as exc:

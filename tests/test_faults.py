@@ -79,7 +79,7 @@ def s3_client(endpoint):
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="t", aws_secret_access_key="t")
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 # -- the execution environment ----------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from dask_lambda_handler import protocol, s3io
 
+from dask_lambda.backends.s3server import TEST_CREDENTIALS
 from dask_lambda.errors import PermissionDeniedError, S3PermissionError
 from dask_lambda.store import S3Store
 
@@ -58,7 +59,7 @@ def test_client_side_multipart_put_and_ranged_get(s3_endpoint, bucket, concurren
 
     async def roundtrip():
         store = S3Store(bucket, endpoint_url=s3_endpoint, region="us-east-1",
-                        credentials={"aws_access_key_id": "t", "aws_secret_access_key": "t"},
+                        credentials=dict(TEST_CREDENTIALS),
                         transfer_concurrency=concurrency)
         await store.start()
         try:
@@ -74,7 +75,7 @@ def test_client_side_multipart_put_and_ranged_get(s3_endpoint, bucket, concurren
 def _store_call(endpoint, bucket, method, *args):
     async def call():
         store = S3Store(bucket, endpoint_url=endpoint, region="us-east-1",
-                        credentials={"aws_access_key_id": "t", "aws_secret_access_key": "t"},
+                        credentials=dict(TEST_CREDENTIALS),
                         transfer_concurrency=1)
         await store.start()
         try:
@@ -99,7 +100,7 @@ def test_both_sides_turn_a_refusal_into_a_permission_error_naming_the_prefix(siz
     """403 AccessDenied on small and multipart uploads and on downloads, mapped alike."""
     with s3_server({"rules": [{"status": 403, "prefix": "run/results/"}]}) as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="t", aws_secret_access_key="t")
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
         s3.create_bucket(Bucket="t-refused")
         key = "run/results/r/t-a0.out"
         parts = _buffers(size, 2)

@@ -21,6 +21,9 @@ class FaultPlan:
     ----------
     kill
         The execution environment is killed while it runs the job (as a crashed runtime).
+    kill_start
+        A new execution environment started for the job is killed before it is ready (as
+        an environment that crashed or was killed during its init phase).
     duplicate
         The invocation is delivered twice (as Lambda's at-least-once async delivery).
     throttle
@@ -32,6 +35,7 @@ class FaultPlan:
     """
 
     kill: float = 0.0
+    kill_start: float = 0.0
     duplicate: float = 0.0
     throttle: float = 0.0
     seed: int = 0

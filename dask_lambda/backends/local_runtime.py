@@ -8,8 +8,17 @@ serves invocations one at a time, warm, until its stdin closes.
 
 Wire protocol on stdin/stdout: 4-byte big-endian length, then JSON.  The
 process keeps the real stdout for that and points file descriptor 1 at
-stderr, so whatever a task prints cannot corrupt the protocol.  This module
-imports only the standard library and the handler.
+stderr, so whatever a task prints cannot corrupt the protocol.  Processes a
+task forks get ``/dev/null`` in place of the protocol pipes, so one that
+outlives its task cannot hold them open (the backend sees the environment's
+exit at once) or write into them.
+
+The environment is a session (process group) of its own, started by the
+backend; whatever ends it (the backend closing stdin, or the client dying)
+ends the whole group, so processes a task left running go with it, as they do
+when Lambda shuts an execution environment down.  It also refuses opens of
+the client's files (`dask_lambda.backends.local_files`), as Lambda cannot see
+them.  This module imports only the standard library and the handler.
 """
 
 from __future__ import annotations
@@ -17,13 +26,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import struct
 import sys
+import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 _LEN = struct.Struct(">I")
+_PARENT_POLL = 0.5
 
 
 class LambdaContext:
@@ -45,17 +57,46 @@ class LambdaContext:
 
 
 def _read(stream: Any) -> dict | None:
+    """The next request, or None at end of input (also one cut short: the client died)."""
     head = stream.read(_LEN.size)
     if len(head) < _LEN.size:
         return None
     (n,) = _LEN.unpack(head)
-    return json.loads(stream.read(n))
+    data = stream.read(n)
+    return json.loads(data) if len(data) == n else None
 
 
 def _write(stream: Any, msg: dict) -> None:
     data = json.dumps(msg).encode()
     stream.write(_LEN.pack(len(data)) + data)
     stream.flush()
+
+
+def _end_environment() -> NoReturn:
+    """Exit, killing this environment's process group (what its tasks left running) if it
+    leads one (the backend starts it so; never the group of whoever ran it by hand)."""
+    sys.stderr.flush()
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(0)
+
+
+def _watch_parent(parent: int) -> None:
+    """End the environment when the client that started it is gone (even mid-task)."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL)
+    _end_environment()
+
+
+def _release_in_children(fds: tuple[int, ...]) -> None:
+    """Give forked children /dev/null in place of the protocol pipes (``fds``)."""
+    def release() -> None:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in fds:
+            os.dup2(null, fd, inheritable=False)
+        os.close(null)
+
+    os.register_at_fork(after_in_child=release)
 
 
 def main() -> None:
@@ -65,6 +106,10 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     sys.stdout = sys.stderr
+    _release_in_children((proto_in.fileno(), proto_out.fileno()))
+    own = (os.getcwd(), os.environ.get("TMPDIR", ""))
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
+                     name="dask-lambda-parent-watch").start()
 
     module_name, _, func_name = os.environ["_HANDLER"].rpartition(".")
     try:
@@ -73,12 +118,19 @@ def main() -> None:
         _write(proto_out, {"init_error": {"errorType": "Runtime.ImportModuleError",
                                           "errorMessage": f"{type(exc).__name__}: {exc}"}})
         return
+    try:
+        from .local_files import install
+
+        install([d for d in own if d])
+    except Exception as exc:  # a check that cannot be set up must not stop the environment
+        print(f"dask-lambda: opens of the client's files are not checked here: {exc!r}",
+              file=sys.stderr)
     _write(proto_out, {"ready": os.getpid()})
 
     while True:
         request = _read(proto_in)
-        if request is None:
-            return
+        if request is None:  # the backend closed stdin, or the client died
+            _end_environment()
         try:
             result = handler(request["event"], LambdaContext(request["context"]))
             reply = {"response": result}
@@ -89,10 +141,13 @@ def main() -> None:
                 "stackTrace": traceback.format_exception(type(exc), exc, exc.__traceback__),
             }}
         try:
-            _write(proto_out, reply)
-        except TypeError as exc:  # a response that is not JSON
-            _write(proto_out, {"error": {"errorType": "Runtime.MarshalError",
-                                         "errorMessage": str(exc)}})
+            try:
+                _write(proto_out, reply)
+            except TypeError as exc:  # a response that is not JSON
+                _write(proto_out, {"error": {"errorType": "Runtime.MarshalError",
+                                             "errorMessage": str(exc)}})
+        except OSError:  # nobody reads the reply any more: the backend discarded us
+            _end_environment()
 
 
 if __name__ == "__main__":

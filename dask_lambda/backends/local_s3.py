@@ -9,15 +9,25 @@ the real S3, and stopped by `LocalS3Backend.close_s3`.
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import sys
 from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Backend, FunctionSettings
+from .s3server import TEST_CREDENTIALS
 
-#: moto accepts any credentials; these are what local clients and handlers use.
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+#: What clients and handlers use with an S3 endpoint given as ``local_s3_endpoint`` (a
+#: server started by hand accepts these); a server this backend starts gets its own pair.
+CREDENTIALS = TEST_CREDENTIALS
 START_TIMEOUT = 120.0
+
+
+def new_credentials() -> dict[str, str]:
+    """A random key pair for one private S3 server (only its client and handlers know it)."""
+    return {"aws_access_key_id": "LOCAL" + secrets.token_hex(8).upper(),
+            "aws_secret_access_key": secrets.token_urlsafe(30)}
 
 
 async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -33,18 +43,22 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float) -> None:
     await proc.wait()
 
 
-async def start_server_process(python: str, module: str, *, config: bytes | None = None,
-                               cwd: str | None = None
+async def start_server_process(python: str, module: str, *args: str,
+                               config: bytes | None = None, cwd: str | None = None
                                ) -> tuple[asyncio.subprocess.Process, int | None]:
-    """Start ``python -m module``, a server that prints ``PORT <n>`` once it serves and exits
-    when its stdin closes; ``config`` is written to its stdin first.
+    """Start ``python -m module *args``, a server that prints ``PORT <n>`` once it serves and
+    exits when its stdin closes; ``config`` is written to its stdin first.
+
+    The server runs in a session of its own, out of the terminal's foreground process group,
+    so a Ctrl-C meant for the user's script does not kill it under the client (which stops
+    it as it closes).
 
     Returns the process and its port, or ``None`` if it did not say within `START_TIMEOUT`
     (the caller raises its own error; `stop_process` ends it either way).
     """
     proc = await asyncio.create_subprocess_exec(
-        python, "-m", module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        cwd=cwd)
+        python, "-m", module, *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
     if config is not None:
         proc.stdin.write(config)
@@ -79,19 +93,21 @@ class LocalS3Backend(Backend):
         self.endpoint = s3_endpoint
         self.python = python or sys.executable
         self.region = region
+        #: The key pair this backend's clients and handlers sign S3 requests with.
+        self.credentials = dict(CREDENTIALS) if s3_endpoint is not None else new_credentials()
         self._own_s3: asyncio.subprocess.Process | None = None
 
     @property
     def s3_options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint, "region": self.region,
-                "credentials": dict(CREDENTIALS), "transfer_concurrency": 1}
+                "credentials": dict(self.credentials), "transfer_concurrency": 1}
 
     def client_environment(self) -> dict[str, str]:
         assert self.endpoint is not None
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            "AWS_ACCESS_KEY_ID": self.credentials["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": self.credentials["aws_secret_access_key"],
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
         }
@@ -100,8 +116,15 @@ class LocalS3Backend(Backend):
         """Start moto's S3 server (working directory ``directory``) unless an endpoint was given."""
         if self.endpoint is not None:
             return
-        self._own_s3, port = await start_server_process(
-            self.python, "dask_lambda.backends.s3server", cwd=directory)
+        try:
+            self._own_s3, port = await start_server_process(
+                self.python, "dask_lambda.backends.s3server", "--credentials-on-stdin",
+                config=json.dumps(self.credentials).encode() + b"\n", cwd=directory)
+        except OSError as exc:  # the interpreter is missing or cannot be run
+            raise ConfigurationError(
+                f"the local backend's interpreter {self.python!r} cannot be started ({exc}): "
+                "set lambda.local.python to a Python with dask-lambda installed, e.g. "
+                "dask.config.set({'lambda.local.python': sys.executable})") from None
         if port is None:
             raise ConfigurationError(
                 "the local S3 server (moto) did not start; is moto installed with its server "
