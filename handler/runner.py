@@ -68,10 +68,10 @@ def _find_class(module: str, name: str) -> Any:
 def _s3() -> Any:
     global _S3
     if _S3 is None:
-        import boto3
+        import botocore.session
         from botocore.config import Config
 
-        _S3 = boto3.client(
+        _S3 = botocore.session.get_session().create_client(
             "s3",
             config=Config(retries={"mode": "standard", "max_attempts": 5},
                           max_pool_connections=16),

@@ -71,10 +71,11 @@ class Target:
 
 
 def _clients(target: Target) -> dict[str, Any]:
-    import boto3
+    import botocore.session
 
-    session = boto3.Session(region_name=target.region)
-    return {name: session.client(name) for name in ("s3", "iam", "lambda", "logs", "sts")}
+    session = botocore.session.get_session()
+    return {name: session.create_client(name, region_name=target.region)
+            for name in ("s3", "iam", "lambda", "logs", "sts")}
 
 
 def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str = "x86_64",
@@ -211,7 +212,8 @@ def _upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
         pass
     out(f"uploading the package ({package.stat().st_size / 2**20:.0f} MB) to "
         f"s3://{target.bucket}/{key}")
-    s3.upload_file(str(package), target.bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+    with open(package, "rb") as body:  # one PutObject: S3 takes up to 5 GB in one
+        s3.put_object(Bucket=target.bucket, Key=key, Body=body, Metadata={"sha256": sha})
 
 
 def _too_large(target: Target, size: int, context: Path, arch: str) -> str:
