@@ -98,7 +98,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": "{}.{}".format(*sys.version_info[:2]), "protocol": protocol.PROTOCOL_VERSION}
-    for dist in ("cloudpickle", "dask", "dask-lambda"):
+    for dist in protocol.VERSIONED:
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -33,6 +33,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     deploy.add_argument("--extra-packages", default="",
                         help="comma-separated packages the tasks import beyond dask, numpy, "
                              "pandas, pyarrow and s3fs (pinned to the versions installed here)")
+    deploy.add_argument("--aws-services", default=None, metavar="S3,STS,...",
+                        help="AWS services whose botocore models the package keeps (default: "
+                             "s3,sts, what the handler calls; add those the tasks call with "
+                             "boto3; 'all' keeps every model, about 25 MB)")
     deploy.add_argument("--attach-policy", action="append", default=[], metavar="ARN",
                         help="managed policy to attach to the role, e.g. for the tasks' data")
     deploy.add_argument("--image", default=None, metavar="URI",
@@ -65,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
             deploy(target, memory=args.memory, timeout=args.timeout, arch=args.arch,
                    trigger=args.trigger, extra_packages=extra, glibc=args.glibc,
                    package=Path(args.package) if args.package else None, image=args.image,
-                   attach_policies=tuple(args.attach_policy), out=out)
+                   attach_policies=tuple(args.attach_policy), out=out,
+                   aws_services=tuple(s.strip() for s in args.aws_services.split(",")
+                                      if s.strip()) if args.aws_services else None)
             out(f"Deployed. Use it: LambdaClient(\"{args.bucket}\", backend=\"aws\", "
                 f"function=\"{target.function}\", region=\"{target.region}\""
                 + (", mode=\"trigger\")" if args.trigger else ")"))
