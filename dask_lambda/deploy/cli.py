@@ -36,7 +36,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     deploy.add_argument("--aws-services", default=None, metavar="S3,STS,...",
                         help="AWS services whose botocore models the package keeps (default: "
                              "s3,sts, what the handler calls; add those the tasks call with "
-                             "boto3; 'all' keeps every model, about 25 MB)")
+                             "boto3; 'all' keeps every model, about 16 MB more)")
     deploy.add_argument("--attach-policy", action="append", default=[], metavar="ARN",
                         help="managed policy to attach to the role, e.g. for the tasks' data")
     deploy.add_argument("--image", default=None, metavar="URI",

@@ -88,6 +88,9 @@ class PackageSpec:
     aws_services
         Services whose botocore models the package keeps (default `AWS_SERVICES`); ``("all",)``
         keeps every model.
+    al2023_image
+        For a container image of this Python on Amazon Linux 2023 (glibc 2.34, with the
+        runtime interface client), where the runtime's own OS has no wheels.
     """
 
     python: str
@@ -95,6 +98,7 @@ class PackageSpec:
     glibc: str | None = None
     extra_packages: tuple[str, ...] = ()
     aws_services: tuple[str, ...] = AWS_SERVICES
+    al2023_image: bool = False
 
     @property
     def runtime(self) -> str:
@@ -102,12 +106,9 @@ class PackageSpec:
 
     @property
     def effective_glibc(self) -> str:
-        return self.glibc or compat.RUNTIME_GLIBC[self.python]
-
-    @property
-    def on_runtime_os(self) -> bool:
-        """Whether the wheels run on the Lambda runtime's own OS (else only in an image)."""
-        return _glibc(self.effective_glibc) <= _glibc(compat.RUNTIME_GLIBC[self.python])
+        if self.glibc:
+            return self.glibc
+        return compat.AL2023_GLIBC if self.al2023_image else compat.RUNTIME_GLIBC[self.python]
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _normalize(name: str) -> str:
 def requirements(spec: PackageSpec, local: dict[str, str]) -> list[str]:
     """Requirement strings: each default or extra package at its local version when installed."""
     out = []
-    for req in (*DEFAULT_PACKAGES, *spec.extra_packages):
+    runtime_client = (RUNTIME_CLIENT,) if spec.al2023_image else ()
+    for req in (*DEFAULT_PACKAGES, *spec.extra_packages, *runtime_client):
         req = req.strip()
         if not req:
             continue
@@ -344,9 +346,8 @@ def _no_wheel_error(spec: PackageSpec, missing: _NoWheel, log: Callable[[str], N
             "so the function cannot run it.")
     older = (f"install a {base} here that has such a wheel (`pip index versions {base}` lists "
              f"them; e.g. `pip install \"{base}<X.Y\"`), then run `dask-lambda deploy` again")
-    if spec.glibc is None and newer:
-        image_spec = replace(spec, glibc=compat.AL2023_GLIBC,
-                             extra_packages=(*spec.extra_packages, RUNTIME_CLIENT))
+    if spec.glibc is None and newer and not spec.al2023_image:
+        image_spec = replace(spec, al2023_image=True)
         log(f"{what} Building the same versions for Python {spec.python} on Amazon Linux 2023 "
             f"(glibc {compat.AL2023_GLIBC}) as a container image instead.")
         image = build(image_spec, log=log, python=python)
@@ -402,7 +403,7 @@ def _slim(tree: Path, spec: PackageSpec) -> list[str]:
 
 def _prune_botocore(tree: Path, services: tuple[str, ...]) -> str:
     """Keep botocore's models of ``services`` only (and its shared files: endpoints, partitions,
-    retry and default configuration): about 25 MB of the package otherwise."""
+    retry and default configuration): about 16 MiB of the package otherwise."""
     data = tree / "botocore" / "data"
     if "all" in services or not data.is_dir():
         return "botocore: every service model kept"
@@ -411,7 +412,7 @@ def _prune_botocore(tree: Path, services: tuple[str, ...]) -> str:
     for d in dropped:
         shutil.rmtree(d)
     return (f"botocore: models of {', '.join(sorted(services))} kept, {len(dropped)} others "
-            f"left out (-{freed / 2**20:.1f} MB)")
+            f"left out (-{freed / 2**20:.1f} MiB)")
 
 
 def _strip_pyarrow(tree: Path, arch: str) -> str:
@@ -427,7 +428,7 @@ def _strip_pyarrow(tree: Path, arch: str) -> str:
     proc = subprocess.run([tool, "--strip-unneeded", *map(str, objects)], capture_output=True,
                           text=True, timeout=600)
     after = sum(p.stat().st_size for p in objects)
-    freed = f"-{(before - after) / 2**20:.1f} MB"
+    freed = f"-{(before - after) / 2**20:.1f} MiB"
     if proc.returncode != 0:  # strip leaves a file it cannot read as it was
         return f"strip: {tool} failed ({proc.stderr.strip()[:200]}); {freed}"
     return f"strip: pyarrow's {len(objects)} shared objects {freed}"
@@ -453,7 +454,7 @@ def _compile(tree: Path, python: str) -> str:
         raise DeployError(f"{python} -m compileall failed on the package: "
                           f"{(proc.stderr or proc.stdout).strip()[-1000:]}")
     return (f"compiled {count} modules (unchecked-hash .pyc) "
-            f"+{(_tree_size(tree) - before) / 2**20:.1f} MB")
+            f"+{(_tree_size(tree) - before) / 2**20:.1f} MiB")
 
 
 def _pins(tree: Path) -> str:
@@ -512,7 +513,7 @@ def dockerfile(spec: PackageSpec) -> str:
     """The Dockerfile of `write_image_context` for ``spec``."""
     head = (f"# dask-lambda handler image for Python {spec.python} ({spec.arch}), by dask-lambda "
             "deploy.\n# task/ is the package deploy built (requirements.txt lists its pins).\n")
-    if spec.on_runtime_os:
+    if not spec.al2023_image:
         return (head + f"FROM public.ecr.aws/lambda/python:{spec.python}\n"
                 "COPY task/ ${LAMBDA_TASK_ROOT}/\n"
                 f"CMD [\"{names.HANDLER}\"]\n")
