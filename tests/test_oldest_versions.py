@@ -2,9 +2,10 @@
 
 Every lower bound in ``[project] dependencies`` (and boto3's in the test extra, which the
 tests' own S3 client needs beside that botocore) is installed exactly, as pip constraints
-``name==bound``, in a virtualenv of its own, made once per set of bounds and cached in
-pytest's cache directory; everything else resolves to what pip picks beside them, as it
-would for a user. The smoke subset then runs there: the local backend's array,
+``name==bound``, in a virtualenv of its own on the oldest Python ``requires-python`` allows
+where this machine has one (pyenv's 3.10 here; else the suite's Python), made once per set of
+bounds and cached in pytest's cache directory; everything else resolves to what pip picks
+beside them, as it would for a user. The smoke subset then runs there: the local backend's array,
 dataframe, bag, delayed and futures workloads (``tests/test_workloads.py``), batching
 (``tests/test_batching.py``), and the trigger mode's claim below, whose ``IfNoneMatch``
 sets botocore's bound.
@@ -23,6 +24,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from dask_lambda.deploy import package as pkg
 
 try:
     import tomllib
@@ -51,14 +54,21 @@ def lower_bounds() -> dict[str, str]:
     return bounds
 
 
-def _oldest_venv(config: pytest.Config, bounds: dict[str, str]) -> Path:
-    key = hashlib.sha256(json.dumps([sys.version, sorted(bounds.items())]).encode())
+def oldest_python() -> str:
+    """The oldest Python ``requires-python`` allows, if this machine has it, else this one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    oldest = project["requires-python"].removeprefix(">=")
+    return pkg.find_python(oldest) or sys.executable
+
+
+def _oldest_venv(config: pytest.Config, bounds: dict[str, str], base: str) -> Path:
+    key = hashlib.sha256(json.dumps([base, sorted(bounds.items())]).encode())
     venv = Path(config.cache.mkdir("dask-lambda-oldest")) / key.hexdigest()[:12]
     python = venv / "bin" / "python"
     if (venv / "ready").exists():
         return python
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=120)
     constraints = venv / "constraints.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in bounds.items()))
     out = subprocess.run(
@@ -76,7 +86,7 @@ def _oldest_venv(config: pytest.Config, bounds: dict[str, str]) -> Path:
 @pytest.mark.timeout(_INSTALL_TIMEOUT + 600)
 def test_the_oldest_versions_allowed_pass_the_smoke_tests(request):
     bounds = lower_bounds()
-    python = _oldest_venv(request.config, bounds)
+    python = _oldest_venv(request.config, bounds, oldest_python())
     probe = ("import json, sys; from importlib.metadata import version; "
              "print(json.dumps({n: version(n) for n in sys.argv[1:]}))")
     installed = json.loads(subprocess.run([str(python), "-c", probe, *bounds], check=True,

@@ -341,7 +341,8 @@ def _no_wheel_error(spec: PackageSpec, missing: _NoWheel, log: Callable[[str], N
     version = _local_version(base)
     runtime_glibc = _glibc(compat.RUNTIME_GLIBC[spec.python])
     newer = [p for p, g in compat.RUNTIME_GLIBC.items() if _glibc(g) > runtime_glibc]
-    what = (f"{base} {version or ''} (the version installed here) has no wheel for Lambda's "
+    named = f"{base} {version} (the version installed here)" if version else base
+    what = (f"{named} has no wheel for Lambda's "
             f"{spec.runtime} {spec.arch} runtime (manylinux, glibc <= {spec.effective_glibc}), "
             "so the function cannot run it.")
     older = (f"install a {base} here that has such a wheel (`pip index versions {base}` lists "
