@@ -86,15 +86,20 @@ class DeployError(DaskLambdaError):
     what to do."""
 
 
-class PackageTooLargeError(DeployError):
-    """The deployment package is over Lambda's limit for zip packages (250 MB unzipped).
+class ImageNeededError(DeployError):
+    """The function can only run as a container image; the message says how to build it.
 
     Attributes
     ----------
     dockerfile
-        A Dockerfile written for the container-image path (up to 10 GB).
+        The Dockerfile ``deploy`` wrote, in a build context beside the built package.
     """
 
     def __init__(self, message: str, dockerfile: str = ""):
         super().__init__(message)
         self.dockerfile = dockerfile
+
+
+class PackageTooLargeError(ImageNeededError):
+    """The deployment package is over Lambda's limit for zip packages (250 MB unzipped); an
+    image may be 10 GB."""

@@ -27,7 +27,10 @@ from .errors import TaskSerializationError
 
 @functools.lru_cache(maxsize=1)
 def _installed_top_levels() -> frozenset[str]:
-    from importlib.metadata import packages_distributions
+    if sys.version_info >= (3, 11):
+        from importlib.metadata import packages_distributions
+    else:  # 3.10's reads only top_level.txt, which numpy 2's wheels lack; dask brings this one
+        from importlib_metadata import packages_distributions
 
     return frozenset(packages_distributions()) | frozenset(sys.stdlib_module_names) | {
         "__main__", "builtins"}

@@ -25,9 +25,9 @@ _QUICK_TIMEOUT = 5
 
 async def _fill(body: Any, view: memoryview) -> None:
     pos = 0
-    async with body as stream:
+    async with body:  # what `as` gives differs across aiobotocore releases; the body reads
         while pos < len(view):
-            chunk = await stream.read(min(len(view) - pos, 8 * 2**20))
+            chunk = await body.read(min(len(view) - pos, 8 * 2**20))
             if not chunk:
                 raise OSError(f"S3 object ended after {pos} of {len(view)} bytes")
             view[pos : pos + len(chunk)] = chunk

@@ -108,9 +108,9 @@ def _read_secret(secret: str, version: str) -> bytes:
 
 
 def _secrets_client() -> Any:
-    import boto3
+    import botocore.session
     from botocore.config import Config
 
     # Short timeouts and a few attempts: the first job of an environment waits for this.
-    return boto3.client("secretsmanager", config=Config(
+    return botocore.session.get_session().create_client("secretsmanager", config=Config(
         connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 5}))

@@ -56,6 +56,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 2
+#: Distributions whose versions a ping answer reports (beside Python's and the protocol's):
+#: those whose objects travel pickled, so the client can refuse a handler that differs.
+VERSIONED = ("cloudpickle", "dask", "numpy", "pandas", "pyarrow", "dask-lambda")
 MAGIC = b"DLJ1"
 _DIGEST = hashlib.sha256
 _MAC_LEN = 32

@@ -53,10 +53,10 @@ _find_class = compat.find_class
 def _s3() -> Any:
     global _S3
     if _S3 is None:
-        import boto3
+        import botocore.session
         from botocore.config import Config
 
-        _S3 = boto3.client(
+        _S3 = botocore.session.get_session().create_client(
             "s3",
             config=Config(retries={"mode": "standard", "max_attempts": 5},
                           max_pool_connections=16),
@@ -101,7 +101,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": "{}.{}".format(*sys.version_info[:2]), "protocol": protocol.PROTOCOL_VERSION}
-    for dist in ("cloudpickle", "dask", "dask-lambda"):
+    for dist in protocol.VERSIONED:
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -158,7 +158,9 @@ def test_a_package_over_the_limit_writes_a_dockerfile_and_says_how_to_push_it(
     assert f"FROM public.ecr.aws/lambda/python:{PYTHON}" in dockerfile
     assert f'CMD ["{names.HANDLER}"]' in dockerfile
     requirements = (Path(info.value.dockerfile).parent / "requirements.txt").read_text()
-    assert f"dask[array,dataframe]=={version('dask')}" in requirements
+    for name in ("dask", "cloudpickle", "numpy", "pandas", "pyarrow", "s3fs", "botocore"):
+        assert f"{name}=={version(name)}" in requirements.splitlines()  # every one pinned
+    assert (Path(info.value.dockerfile).parent / "task" / "dask_lambda_handler").is_dir()
     with environment(aws["env"]):  # nothing was created
         assert "dl-big" not in [b["Name"] for b in boto("s3").list_buckets()["Buckets"]]
 

@@ -234,7 +234,7 @@ class AwsBackend(Backend):
     def _wait_active(self, conf: dict) -> dict:
         """Wake an Inactive function, or wait for a Pending one (as deploy does); its
         configuration. Runs in a thread: this happens once, at start."""
-        import boto3
+        import botocore.session
 
         from ..deploy import function
         from ..errors import DeployError
@@ -245,7 +245,7 @@ class AwsBackend(Backend):
                 f"the Lambda function {self.function!r} is {state} "
                 f"({conf.get('StateReason') or 'no reason given'}): redeploy it with "
                 f"`{self.deploy}`")
-        lam = boto3.Session().client("lambda", region_name=self.region)
+        lam = botocore.session.get_session().create_client("lambda", region_name=self.region)
         try:
             return function.wake(lam, self.function, out=logger.warning)
         except DeployError as exc:

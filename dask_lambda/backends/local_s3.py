@@ -127,9 +127,9 @@ class LocalS3Backend(Backend):
                 "dask.config.set({'lambda.local.python': sys.executable})") from None
         if port is None:
             raise ConfigurationError(
-                "the local S3 server (moto) did not start; is moto installed with its server "
-                "extra? `pip install 'moto[server,s3]'` (or pass local_s3_endpoint=\"http://...\" "
-                "to use one you run)")
+                "the local S3 server (moto) did not start; are moto's S3 and Flask installed? "
+                "`pip install 'moto[s3]' flask flask-cors` (or pass "
+                "local_s3_endpoint=\"http://...\" to use one you run)")
         self.endpoint = f"http://127.0.0.1:{port}"
 
     async def close_s3(self) -> None:

@@ -86,10 +86,10 @@ _BAD_CREDENTIALS = {"UnrecognizedClientException", "InvalidClientTokenId", "Expi
 
 
 def _clients(target: Target) -> dict[str, Any]:
-    import boto3
+    import botocore.session
 
-    session = boto3.Session(region_name=target.region)
-    return {name: session.client(name) for name in
+    session = botocore.session.get_session()
+    return {name: session.create_client(name, region_name=target.region) for name in
             ("s3", "iam", "lambda", "logs", "sts", "secretsmanager", "kms")}
 
 
@@ -128,7 +128,7 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
            package: Path | None = None, image: str | None = None,
            attach_policies: tuple[str, ...] = (), detach_policies: tuple[str, ...] = (),
            expire_days: int | None = None, rotate_key: bool = False,
-           out: Out = print) -> dict:
+           aws_services: tuple[str, ...] | None = None, out: Out = print) -> dict:
     """Create or update everything the aws backend needs for ``target``.
 
     Parameters
@@ -156,6 +156,9 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         Days after which the lifecycle rule expires dask-lambda's objects.
     rotate_key
         Replace the signing key with a new one.
+    aws_services
+        Services whose botocore models the package keeps (default: those the handler calls,
+        `package.AWS_SERVICES`); tasks that call others through boto3 need them listed.
     out
         Where progress lines go.
 
@@ -165,7 +168,7 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         ``function_arn``, ``role_arn``, ``key_file``, ``function`` ("created", "updated" or
         "unchanged"), ``versions`` (the handler's ping answer).
     """
-    from ..errors import PackageTooLargeError
+    from ..errors import ImageNeededError, PackageTooLargeError
     from . import compat, names
     from . import package as pkg
 
@@ -178,9 +181,15 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
                           f"e.g. `{target.command('deploy', '--timeout', '300')}`")
     if arch not in ("x86_64", "arm64"):
         raise DeployError(f"--arch must be x86_64 or arm64, not {arch!r}")
-    spec = pkg.PackageSpec(compat.local_python(), arch, glibc, tuple(extra_packages))
+    spec = pkg.PackageSpec(compat.local_python(), arch, glibc, tuple(extra_packages),
+                           tuple(aws_services or pkg.AWS_SERVICES))
     if image is None and package is None:
-        built = pkg.build(spec, log=out)
+        try:
+            built = pkg.build(spec, log=out)
+        except ImageNeededError as exc:  # e.g. Python 3.11 with libraries newer than AL2's
+            context = Path(exc.dockerfile).parent
+            raise ImageNeededError(f"{exc}\n{_image_steps(target, context, arch)}",
+                                   exc.dockerfile) from None
         if built.zip_path is None or built.unzipped_bytes > names.UNZIPPED_LIMIT:
             context = pkg.write_image_context(built, spec)
             raise PackageTooLargeError(_too_large(target, built.unzipped_bytes, context, arch),
@@ -347,19 +356,26 @@ def _upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
         pass
     out(f"uploading the package ({package.stat().st_size / 2**20:.0f} MB) to "
         f"s3://{target.bucket}/{key}")
-    s3.upload_file(str(package), target.bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+    with open(package, "rb") as body:  # one PutObject: S3 takes up to 5 GB in one
+        s3.put_object(Bucket=target.bucket, Key=key, Body=body, Metadata={"sha256": sha})
 
 
 def _too_large(target: Target, size: int, context: Path, arch: str) -> str:
     from . import names
 
-    repo = f"ACCOUNT.dkr.ecr.{target.region}.amazonaws.com/{target.function}"
-    platform = "linux/amd64" if arch == "x86_64" else "linux/arm64"
     return (
         f"the package is {size / 2**20:.0f} MB unzipped, more than Lambda's "
         f"{names.UNZIPPED_LIMIT / 2**20:.0f} MB for zip functions. Leave out --extra-packages the "
         "tasks do not import, or deploy a container image (up to 10 GB): a build context with "
-        f"its Dockerfile is in {context}. Build and push it, then deploy the image:\n"
+        f"its Dockerfile is in {context}. " + _image_steps(target, context, arch))
+
+
+def _image_steps(target: Target, context: Path, arch: str) -> str:
+    """The commands that build and push the image of ``context`` and deploy it."""
+    repo = f"ACCOUNT.dkr.ecr.{target.region}.amazonaws.com/{target.function}"
+    platform = "linux/amd64" if arch == "x86_64" else "linux/arm64"
+    return (
+        "Build and push it, then deploy the image:\n"
         f"  aws ecr create-repository --repository-name {target.function} --region "
         f"{target.region}\n"
         f"  aws ecr get-login-password --region {target.region} | docker login --username AWS "

@@ -38,6 +38,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     deploy.add_argument("--extra-packages", default="",
                         help="comma-separated packages the tasks import beyond dask, numpy, "
                              "pandas, pyarrow and s3fs (pinned to the versions installed here)")
+    deploy.add_argument("--aws-services", default=None, metavar="S3,STS,...",
+                        help="AWS services whose botocore models the package keeps (default: "
+                             "s3,sts, what the handler calls; add those the tasks call with "
+                             "boto3; 'all' keeps every model, about 16 MB more)")
     deploy.add_argument("--attach-policy", action="append", default=[], metavar="ARN",
                         help="managed policy to attach to the role, e.g. for the tasks' data "
                              "(it stays attached on later deploys)")
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                    package=Path(args.package) if args.package else None, image=args.image,
                    attach_policies=tuple(args.attach_policy),
                    detach_policies=tuple(args.detach_policy), rotate_key=args.rotate_key,
+                   aws_services=tuple(s.strip() for s in args.aws_services.split(",")
+                                      if s.strip()) if args.aws_services else None,
                    out=out)
             out(f"Deployed. Use it: LambdaClient(\"{args.bucket}\", backend=\"aws\", "
                 f"function=\"{target.function}\", region=\"{target.region}\""
@@ -103,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _permissions(target: Target, out: Callable[[str], None]) -> None:
     """Print the three policies for ``target``, with this account's id where known."""
-    import boto3
+    import botocore.session
 
     from . import permissions
 
     try:
-        account = boto3.client("sts", region_name=target.region).get_caller_identity()["Account"]
+        account = botocore.session.get_session().create_client(
+            "sts", region_name=target.region).get_caller_identity()["Account"]
     except Exception:  # no credentials here: the policies are still worth printing
         account = "ACCOUNT"
     names = (target.bucket, target.prefix, target.function, target.region, account)

@@ -15,8 +15,12 @@ from dask_lambda_handler import protocol
 #: for python3.10 and 3.11, Amazon Linux 2023 (glibc 2.34) for python3.12 and later (Lambda
 #: runtimes page). Wheels for the function must need no newer glibc.
 RUNTIME_GLIBC = {"3.10": "2.26", "3.11": "2.26", "3.12": "2.34", "3.13": "2.34", "3.14": "2.34"}
-#: Distributions whose versions the client compares with the deployed handler's.
-CHECKED = ("cloudpickle", "dask", "dask-lambda")
+#: glibc of Amazon Linux 2023, the OS of the images built for Python 3.10/3.11 when their
+#: runtime's Amazon Linux 2 has no wheels for the local versions.
+AL2023_GLIBC = "2.34"
+#: Distributions whose versions the client compares with the deployed handler's: those whose
+#: objects travel pickled between the two (the handler reports the same list).
+CHECKED = protocol.VERSIONED
 
 
 def local_python() -> str:
