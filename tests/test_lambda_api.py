@@ -489,3 +489,100 @@ def test_tls_failures_before_the_request_are_nothing_sent_or_a_certificate_error
             await backend.close()
 
     asyncio.run(go())
+
+
+def _keepalive_idle(sock: Any) -> tuple[int, int]:
+    """(SO_KEEPALIVE, idle seconds before the first probe) of a socket."""
+    import socket
+
+    idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, idle))
+
+
+def test_invoke_connections_send_keepalives_well_before_a_nat_forgets_them():
+    """NAT gateways and load balancers drop a TCP flow idle for 350 s; a synchronous invoke's
+    connection is idle while the function runs. Both transports, and the sdk path, set it."""
+    async def go():
+        async with Peer([_reply(200)]) as peer:
+            pool = HttpPool(peer.url, max_connections=1)
+            await pool.request("POST", "/", {"host": pool.host}, b"{}", 5.0)
+            plain = _keepalive_idle(pool._idle[0].writer.get_extra_info("socket"))
+            await pool.close()
+        backend = SimulatedBackend(LambdaModel(), s3_endpoint="http://unused", tls=True)
+        backend.configure(FunctionSettings(concurrency=2, memory=1024, timeout=60,
+                                           signing_key=b"k" * 32))
+        await backend.start()
+        try:
+            pool = backend._invoker.direct.pool
+            assert (await backend._invoker.direct.invoke(b'{"op": "run"}')).status == 200
+            tls = _keepalive_idle(pool._idle[0].writer.transport.get_extra_info("socket"))
+        finally:
+            await backend.close()
+        return plain, tls
+
+    for enabled, idle in asyncio.run(go()):
+        assert enabled and 0 < idle <= 60  # a probe a minute: far under 350 s
+
+
+def test_the_sdk_invokers_sockets_send_keepalives_and_name_dask_lambda():
+    from aiobotocore.session import get_session
+
+    import dask_lambda
+    from dask_lambda.backends.aws import sdk_invoke_config
+
+    config = sdk_invoke_config(30.0, 4)
+    made: list = []
+    factory = config.connector_args["socket_factory"]  # aiobotocore >= 3.1 takes one
+    config.connector_args["socket_factory"] = lambda addr: made.append(factory(addr)) or made[-1]
+
+    async def go():
+        async with Peer([_reply(200, b'{"ok": 1}')]) as peer:
+            async with get_session().create_client(
+                    "lambda", region_name="us-east-1", endpoint_url=peer.url, config=config,
+                    aws_access_key_id="x", aws_secret_access_key="x") as lam:
+                answer = await lam.invoke(FunctionName="fn", Payload=b"{}")
+                body = await answer["Payload"].read()
+                return peer, body, [_keepalive_idle(s) for s in made]
+
+    peer, body, sockets = asyncio.run(go())
+    assert body == b'{"ok": 1}' and len(sockets) == 1
+    enabled, idle = sockets[0]
+    assert enabled and 0 < idle <= 60
+    assert f"dask-lambda/{dask_lambda.__version__}".encode() in peer.requests[0][0]
+
+
+def test_interim_and_bodiless_answers_do_not_wait_for_the_read_timeout():
+    """A 100 Continue before the answer, or a 204 without a length, used to hang until the
+    read timeout (the body was read to the end of the connection)."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + _reply(200, b'{"after": "100"}')
+    no_content = b"HTTP/1.1 204 No Content\r\nx-amzn-requestid: r\r\n\r\n"
+
+    async def go():
+        async with Peer([interim, no_content, _reply(200, b'{"n": 3}')]) as peer:
+            invoker = _invoker(peer.url, read_timeout=30.0)
+            t0 = time.monotonic()
+            answers = [await invoker.invoke(b"{}") for _ in range(3)]
+            elapsed = time.monotonic() - t0
+            await invoker.close()
+            return peer, answers, elapsed
+
+    peer, (first, second, third), elapsed = asyncio.run(go())
+    assert (first.status, first.body) == (200, b'{"after": "100"}')
+    assert (second.status, second.body) == (204, b"")
+    assert third.body == b'{"n": 3}'
+    assert elapsed < 10 and peer.connections == 1  # and the connection was kept
+
+
+def test_invokes_name_dask_lambda_and_its_version():
+    import dask_lambda
+
+    async def go():
+        async with Peer([_reply(200)]) as peer:
+            await _invoker(peer.url).invoke(b"{}")
+            return peer
+
+    head = asyncio.run(go()).requests[0][0].decode()
+    agent = next(line for line in head.split("\r\n") if line.startswith("user-agent: "))
+    assert agent.startswith(f"user-agent: dask-lambda/{dask_lambda.__version__} Python/")
+

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +46,7 @@ from ..errors import (
 )
 from .base import Backend, FunctionSettings
 from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker, raise_open_files_limit
+from .lambda_api import Credentials, LambdaInvoker, keepalive, raise_open_files_limit, user_agent
 
 MODES = ("invoke", "trigger")
 INVOKERS = ("auto", "direct", "sdk")
@@ -326,11 +327,31 @@ class AwsBackend(Backend):
 
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:
     """The aiobotocore config of the ``sdk`` invoke client: ``connections`` pooled, nothing
-    re-sends an invoke, and it waits ``read_timeout`` seconds for an answer."""
-    from aiobotocore.config import AioConfig
+    re-sends an invoke, it waits ``read_timeout`` seconds for an answer, and its sockets send
+    TCP keepalives (`.lambda_api.keepalive`).
 
-    return AioConfig(read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
-                     retries={"total_max_attempts": 1}, max_pool_connections=connections)
+    botocore's own ``tcp_keepalive`` turns keepalive on with the system's idle time (two
+    hours), and aiobotocore does not apply it; aiobotocore >= 3.1 takes a socket factory
+    (``connector_args={"socket_factory": ...}``). Older versions get no keepalive.
+    """
+    from aiobotocore.config import AioConfig
+    from botocore.exceptions import ParamValidationError
+
+    options: dict = dict(read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
+                         retries={"total_max_attempts": 1}, max_pool_connections=connections,
+                         user_agent_extra=user_agent().split(" ")[0])
+    try:
+        return AioConfig(connector_args={"socket_factory": _keepalive_socket}, **options)
+    except ParamValidationError:  # aiobotocore < 3.1
+        return AioConfig(**options)
+
+
+def _keepalive_socket(addr_info: tuple) -> socket.socket:
+    """aiohttp's socket factory: a socket for ``(family, type, proto, ...)``, keepalive on."""
+    family, kind, proto = addr_info[:3]
+    sock = socket.socket(family, kind, proto)
+    keepalive(sock)
+    return sock
 
 
 def _proxied(url: str, configured: dict | None) -> bool:
