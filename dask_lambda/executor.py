@@ -37,7 +37,7 @@ from dask_lambda_handler import protocol
 
 from . import batching, serialize
 from .backends.base import Backend
-from .cost import CostMeter, billed_ms
+from .cost import CostMeter, invocation_ms
 from .errors import (
     DaskLambdaError,
     FunctionError,
@@ -390,27 +390,29 @@ class LambdaExecutor(_AsyncExecutor):
             try:
                 response = await self._invoke_paced(event, memory)
             except FunctionError as exc:
-                self.cost.settle(0)
+                self.cost.settle(getattr(exc, "billed_ms", None) or 0)
                 if exc.error_type == "InputLostError":
                     raise ResultLostError(str(exc).split(": ", 1)[-1]) from None
                 raise
-            except LambdaThrottledError:
+            except LambdaThrottledError as exc:
                 self.cost.cancel()
                 if throttled >= _THROTTLE_RETRIES:
                     raise LambdaThrottledError(
                         f"Lambda throttled this task {throttled + 1} times in a row (429 "
-                        "TooManyRequests). Lower the concurrency, e.g. LambdaClient(..., "
-                        "concurrency=100), or ask AWS to raise the account's concurrency "
-                        "limit.") from None
+                        f"{exc.reason or 'TooManyRequests'}). " + (exc.advice or (
+                            "Lower the concurrency, e.g. LambdaClient(..., concurrency=100), "
+                            "or ask AWS to raise the account's concurrency limit.")),
+                        exc.reason) from None
                 self.stats.throttled += 1
-                await asyncio.sleep(min(_THROTTLE_CAP, _THROTTLE_BASE * 2**throttled)
-                                    * (0.5 + random.random()))
+                backoff = min(_THROTTLE_CAP, _THROTTLE_BASE * 2**throttled)
+                await asyncio.sleep(max(backoff * (0.5 + random.random()),
+                                        exc.retry_after or 0.0))  # Lambda's Retry-After
                 continue
-            except BaseException:
-                self.cost.settle(0)  # a failed invocation is billed too; its duration is unknown
+            except BaseException as exc:  # billed too: what the log tail said, if it did
+                self.cost.settle(getattr(exc, "billed_ms", None) or 0)
                 raise
             stats = response.get("stats") or {}
-            self.cost.settle(billed_ms(stats.get("duration_s", 0.0)),
+            self.cost.settle(invocation_ms(stats),
                              s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
             if prefixes and response["status"] == "ok" and "duration_s" in stats:
                 self._learn(prefixes, stats["duration_s"])

@@ -597,13 +597,18 @@ class LambdaInvoker:
         headers["user-agent"] = self.user_agent  # not signed, as botocore does not sign it
         return await self.pool.request("POST", self.path, headers, payload, self.read_timeout)
 
+    def forget_credentials(self) -> None:
+        """Fetch the credentials again before the next invoke (Lambda found them expired)."""
+        self._frozen = None
+
     async def close(self) -> None:
         await self.pool.close()
 
 
-def error_code(response: Response) -> tuple[str, str]:
-    """The AWS error code and message of a failed API call, as botocore's rest-json parser
-    reads them (``x-amzn-ErrorType`` header, else the body's ``__type``/``code``)."""
+def error_fields(response: Response) -> tuple[str, str, dict]:
+    """The AWS error code, message and JSON body of a failed API call, as botocore's
+    rest-json parser reads them (``x-amzn-ErrorType`` header, else the body's
+    ``__type``/``code``)."""
     import json
 
     try:
@@ -618,7 +623,7 @@ def error_code(response: Response) -> tuple[str, str]:
     code = code.rsplit("#", 1)[-1]
     message = str(body.get("message") or body.get("Message") or response.body[:300]
                   .decode("utf-8", "replace"))
-    return code, message
+    return code, message, body
 
 
 def raise_open_files_limit(connections: int) -> None:
