@@ -25,6 +25,7 @@ import pytest
 
 from dask_lambda import LambdaClient
 from dask_lambda.deploy import Target, deploy, names
+from dask_lambda.errors import HandlerCrashedError
 
 from .aws_fixtures import LOCAL_GLIBC, aws_environment, boto, environment, ministack
 
@@ -88,6 +89,55 @@ def test_a_claim_that_meets_a_conflicting_write_is_retried_and_only_412_means_cl
     assert _claim_against([conflict, claimed]) == ("False", ["*", "*"])
 
 
+_LOGGING_TASK = """
+    import logging, os, sys, time
+    from dask_lambda_handler import runner
+    if sys.argv[1] == "lambda":  # as awslambdaric's _setup_logging: the root logger writes to
+        read, write = os.pipe()  # its telemetry descriptor, not to fds 1 or 2
+        logging.getLogger().addHandler(logging.StreamHandler(os.fdopen(write, "w")))
+    box = {}
+    with runner._captured_output(box):
+        print("printed by the task")
+        logging.getLogger("user").warning("logged by the task")
+        os.write(1, b"written by C code\\n")
+        if sys.argv[2] == "crash":
+            time.sleep(0.5)  # what C code writes is copied on by a thread
+            print("last words")  # what Python writes is in the log when write() returns
+            os._exit(3)
+    print("CAPTURED", repr(box.get("log")), file=sys.stderr)
+"""
+
+
+def _logging_task(root: str, end: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(_LOGGING_TASK), root, end],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_logging_from_a_task_reaches_the_client_where_lambdas_runtime_sends_it_elsewhere():
+    done = _logging_task("lambda", "return")
+    captured = done.stderr.split("CAPTURED ")[-1]
+    assert "[WARNING] user: logged by the task" in captured
+    assert "printed by the task" in captured and "written by C code" in captured
+
+
+def test_a_tasks_output_is_in_the_log_before_it_crashes():
+    done = _logging_task("plain", "crash")
+    assert done.returncode == 3
+    for text in ("printed by the task", "logged by the task", "written by C code",
+                 "last words"):
+        assert text in done.stderr  # the function's log: its stderr
+
+
+def test_the_handlers_s3_pool_holds_all_of_its_parallel_reads():
+    done = _python("""
+        from dask_lambda_handler import runner
+        print(runner._s3().meta.config.max_pool_connections, runner._LOADERS,
+              runner._transfer_concurrency())
+        """, DASK_LAMBDA_TRANSFER_CONCURRENCY="8", AWS_REGION="us-east-1")
+    pool, loaders, ranges = map(int, done.stdout.split())
+    assert pool >= loaders * ranges == 16 * 8
+
+
 # -- ministack ------------------------------------------------------------------------------------
 
 BUCKET = "dl-invoke"
@@ -122,6 +172,22 @@ def _logged(aws: dict, text: str, timeout: float = 60.0) -> list[str]:
             if found or time.monotonic() > deadline:
                 return found
             time.sleep(0.3)
+
+
+def test_a_crashed_tasks_output_and_logging_are_in_the_functions_log(aws):
+    def crash() -> None:
+        import logging
+        import os
+
+        print("dl-marker: printed before the crash", flush=True)
+        logging.getLogger("user").warning("dl-marker: logged before the crash")
+        os._exit(3)
+
+    with _client("invoke", retries=0) as c, \
+            pytest.raises(HandlerCrashedError, match="while running the task"):
+        c.submit(crash, key="crasher").result()
+    assert _logged(aws, "dl-marker: printed before the crash")
+    assert _logged(aws, "dl-marker: logged before the crash")
 
 
 def test_trigger_mode_sends_no_more_jobs_than_the_function_may_run(aws, caplog):
