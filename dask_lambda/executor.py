@@ -21,6 +21,7 @@ import asyncio
 import base64
 import concurrent.futures
 import itertools
+import json
 import logging
 import random
 import statistics
@@ -163,6 +164,16 @@ def _type_named(name: str) -> type:
     for part in qualname.split(".") if obj is not None else ():
         obj = getattr(obj, part, None)
     return obj if isinstance(obj, type) else protocol.ObjectRef
+
+
+def _fits_inline(nbytes: int, event: dict) -> bool:
+    """Whether a job of ``nbytes`` fits in ``event`` within Lambda's invoke payload limit (the
+    ``inline-max`` setting may allow more than fits, once base64 and JSON are counted)."""
+    if 4 * -(-nbytes // 3) < protocol.INVOKE_PAYLOAD_LIMIT // 2:  # far below: nothing to count
+        return True
+    # the result key the attempts add is about as long as the job key
+    envelope = len(json.dumps(event)) + 2 * len(event["job_key"]) + 64
+    return protocol.fits_inline(nbytes, envelope)
 
 
 class _AsyncExecutor(concurrent.futures.Executor):
@@ -349,7 +360,7 @@ class LambdaExecutor(_AsyncExecutor):
             event["max_output"] = self.max_output
         if len(prefixes) > 1:
             event["tasks"] = len(prefixes)  # graph tasks this job runs (for logs and models)
-        if nbytes <= self.inline_max:
+        if nbytes <= self.inline_max and _fits_inline(nbytes, event):
             event["job"] = base64.b64encode(b"".join(parts)).decode()
             self.stats.inline_jobs += 1
         else:

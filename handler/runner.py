@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -443,7 +444,8 @@ def _run(event: dict, context: Any) -> dict:
     response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
                       "stats": stats, "result": None, "result_key": None,
                       "log": captured.get("log")}
-    if nbytes <= int(event.get("inline_max", 0)):
+    if nbytes <= int(event.get("inline_max", 0)) and protocol.fits_inline(
+            nbytes, len(json.dumps(response)) + 1024):  # 1024: the stats added below
         response["result"] = base64.b64encode(b"".join(parts)).decode()
     else:
         trigger.refuse_jobs_prefix(event["result_key"], event.get("job_key"))

@@ -21,6 +21,7 @@ import threading
 import time
 
 import dask
+import numpy as np
 import pytest
 
 from dask_lambda import LambdaClient
@@ -136,6 +137,25 @@ def test_the_handlers_s3_pool_holds_all_of_its_parallel_reads():
         """, DASK_LAMBDA_TRANSFER_CONCURRENCY="8", AWS_REGION="us-east-1")
     pool, loaders, ranges = map(int, done.stdout.split())
     assert pool >= loaders * ranges == 16 * 8
+
+
+# -- the local backend ----------------------------------------------------------------------------
+
+
+def test_no_inline_payload_passes_lambdas_6_mb_whatever_inline_max_allows(client):
+    executor = client.cluster.executor
+    allowed, executor.inline_max = executor.inline_max, 10_000_000
+    try:
+        before = client.lambda_stats()
+        data = np.arange(600_000, dtype="f8")  # 4.8 MB: 6.4 MB as base64, over Lambda's 6 MB
+        result = client.submit(lambda a: a + 1, data, pure=False).result()
+        after = client.lambda_stats()
+    finally:
+        executor.inline_max = allowed
+    np.testing.assert_array_equal(result, data + 1)
+    assert after["inline_jobs"] == before["inline_jobs"]
+    assert after["s3_jobs"] == before["s3_jobs"] + 1  # the job went through S3
+    assert after["outputs_in_s3"] == before["outputs_in_s3"] + 1  # and so did the output
 
 
 # -- ministack ------------------------------------------------------------------------------------
