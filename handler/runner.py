@@ -259,6 +259,29 @@ def _forward(source: int, log: int, tail: _Tail) -> None:
         os.close(log)
 
 
+class _TeeBytes(io.RawIOBase):
+    """The binary side (``sys.stdout.buffer``) of a `_Tee`."""
+
+    def __init__(self, log: int, tail: _Tail, fileno: int):
+        super().__init__()
+        self._log = log
+        self._tail = tail
+        self._fileno = fileno
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self._tail.add(data)
+        with contextlib.suppress(OSError):
+            _write_all(self._log, data)
+        return len(data)
+
+
 class _Tee(io.TextIOBase):
     """``sys.stdout``/``sys.stderr`` while a task runs: each write goes to the log at once
     (no buffer and no thread in between, so it is there even if the process dies on the next
@@ -266,10 +289,13 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, log: int, tail: _Tail, fileno: int, encoding: str | None):
         super().__init__()
-        self._log = log
-        self._tail = tail
+        self._bytes = _TeeBytes(log, tail, fileno)
         self._fileno = fileno
         self._encoding = encoding or "utf-8"
+
+    @property
+    def buffer(self) -> _TeeBytes:
+        return self._bytes
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -289,10 +315,7 @@ class _Tee(io.TextIOBase):
         return False
 
     def write(self, text: str) -> int:
-        data = text.encode(self._encoding, "replace")
-        self._tail.add(data)
-        with contextlib.suppress(OSError):
-            _write_all(self._log, data)
+        self._bytes.write(text.encode(self._encoding, "replace"))
         return len(text)
 
 

@@ -99,6 +99,7 @@ _LOGGING_TASK = """
     box = {}
     with runner._captured_output(box):
         print("printed by the task")
+        sys.stdout.buffer.write(b"written as bytes\\n")
         logging.getLogger("user").warning("logged by the task")
         os.write(1, b"written by C code\\n")
         if sys.argv[2] == "crash":
@@ -118,14 +119,15 @@ def test_logging_from_a_task_reaches_the_client_where_lambdas_runtime_sends_it_e
     done = _logging_task("lambda", "return")
     captured = done.stderr.split("CAPTURED ")[-1]
     assert "[WARNING] user: logged by the task" in captured
-    assert "printed by the task" in captured and "written by C code" in captured
+    for text in ("printed by the task", "written as bytes", "written by C code"):
+        assert text in captured
 
 
 def test_a_tasks_output_is_in_the_log_before_it_crashes():
     done = _logging_task("plain", "crash")
     assert done.returncode == 3
-    for text in ("printed by the task", "logged by the task", "written by C code",
-                 "last words"):
+    for text in ("printed by the task", "written as bytes", "logged by the task",
+                 "written by C code", "last words"):
         assert text in done.stderr  # the function's log: its stderr
 
 
