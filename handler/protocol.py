@@ -297,7 +297,7 @@ def fits_inline(nbytes: int, envelope: int) -> bool:
     """Whether ``nbytes`` of payload, base64-encoded as a JSON string inside a JSON document
     of ``envelope`` other bytes, stays within `INVOKE_PAYLOAD_LIMIT`.
 
-    >>> fits_inline(4_000_000, 1_000), fits_inline(4_700_000, 1_000)
+    >>> fits_inline(4_000_000, 1_000), fits_inline(4_800_000, 1_000)
     (True, False)
     """
     return envelope + 4 * -(-nbytes // 3) + 2 <= INVOKE_PAYLOAD_LIMIT

@@ -232,6 +232,25 @@ def test_trigger_mode_sends_no_more_jobs_than_the_function_may_run(aws, caplog):
             "(concurrency=3 asked for more)") in caplog.text
 
 
+def test_a_function_switched_off_is_refused_at_start_with_how_to_switch_it_on(aws):
+    """Reserved concurrency 0 (the console's Throttle button): every invoke is a 429 that never
+    clears, and trigger jobs would wait in Lambda's queue."""
+    from dask_lambda.errors import ConfigurationError
+
+    with environment(aws):
+        boto("lambda").put_function_concurrency(FunctionName=FUNCTION,
+                                                ReservedConcurrentExecutions=0)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            _client("invoke")
+    finally:
+        with environment(aws):
+            boto("lambda").delete_function_concurrency(FunctionName=FUNCTION)
+    assert str(info.value).startswith(
+        "Lambda runs no invocations of 'dl-invoke': its reserved concurrency is 0")
+    assert "`aws lambda delete-function-concurrency --function-name dl-invoke`" in str(info.value)
+
+
 def test_the_function_refuses_a_trigger_job_it_can_no_longer_start_in_time(aws):
     """The client wrote: start within -1 s of being written (it has given up on the job)."""
     key = "run/jobs/given-up/t-0123-a0" + names.TRIGGER_SUFFIX
