@@ -79,10 +79,10 @@ def parse_report(log: str) -> Report:
     ...              "265.72 ms\\n").billed_ms
     662
     """
-    lines = [line for line in log.splitlines() if line.startswith("REPORT RequestId:")]
-    if not lines:
+    at = log.rfind("REPORT RequestId:")  # on every invoke's answer: no more than this line
+    if at < 0:
         return Report()
-    line = lines[-1]
+    line = log[at:].split("\n", 1)[0]
     values: dict = {}
     for name, pattern in _REPORT_FIELDS.items():
         found = pattern.search(line)

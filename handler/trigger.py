@@ -138,9 +138,10 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     raw = (head.get("Metadata") or {}).get("dask-lambda-options")
     options = {k: v for k, v in json.loads(raw).items() if k in OPTIONS} if raw else {}
     start_within = options.pop("start_within", None)
-    if start_within is not None and _age(head) > float(start_within):
-        return _skipped(key, f"the job is {_age(head):.0f} s old and had to start within "
-                             f"{float(start_within):.0f} s: the client has sent it again")
+    age = _age(head)
+    if start_within is not None and age > float(start_within):
+        return _skipped(key, f"the job is {age:.0f} s old and had to start within "
+                             f"{float(start_within):.0f} s: the client no longer waits for it")
     if not _claim(client, bucket, claim, json.dumps(
             {"request_id": request_id, "time": time.time()}).encode()):
         return _skipped(key, "duplicate delivery: the job was already claimed")

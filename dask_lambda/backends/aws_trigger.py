@@ -74,8 +74,8 @@ class Limits:
         """The most invocations that can run at once, and why; None if not known."""
         if self.reserved is not None:
             return self.reserved, "the function's reserved concurrency"
-        if self.unreserved is not None:
-            return self.unreserved, "the account's unreserved concurrency in this region"
+        if self.unreserved is not None:  # (AWS keeps at least 100 of it; an emulator may not)
+            return max(1, self.unreserved), "the account's unreserved concurrency in this region"
         return None
 
 

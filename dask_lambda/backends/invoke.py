@@ -88,7 +88,7 @@ class FunctionInvoker:
         ``max_memory_mb`` and ``init_ms``.
         """
         body, function_error, log, request_id = await self.send(json.dumps(event).encode())
-        text = base64.b64decode(log or b"").decode("utf-8", "replace")
+        text = base64.b64decode(log).decode("utf-8", "replace") if log else ""
         if function_error:
             try:
                 err = json.loads(body)
