@@ -90,3 +90,20 @@ class CostMeter:
 def billed_ms(seconds: float) -> int:
     """Lambda bills duration rounded up to the next millisecond."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def invocation_ms(stats: dict) -> int:
+    """What Lambda billed for one invocation, in ms, from its ``stats``.
+
+    The ``Billed Duration`` of the invocation's ``REPORT`` line (``billed_ms``) where the
+    backend read it: since 2025-08-01 it includes a cold start's INIT phase for zip packages
+    on managed runtimes too (AWS Compute Blog, "AWS Lambda standardizes billing for INIT
+    phase"), which the handler cannot time. Else the handler's own duration.
+
+    >>> invocation_ms({"duration_s": 0.0101}), invocation_ms({"duration_s": 0.01, "billed_ms": 900})
+    (11, 900)
+    """
+    billed = stats.get("billed_ms")
+    if billed is not None:
+        return max(1, int(billed))
+    return billed_ms(stats.get("duration_s", 0.0))

@@ -62,7 +62,27 @@ class RemoteTaskError(DaskLambdaError):
 
 
 class LambdaThrottledError(DaskLambdaError):
-    """Lambda refused invocations (429 TooManyRequests) for longer than the backoff allows."""
+    """Lambda refused invocations (429 TooManyRequests) for longer than the backoff allows.
+
+    Attributes
+    ----------
+    reason
+        Lambda's ``Reason`` for the refusal (e.g. ``ConcurrentInvocationLimitExceeded``), or ``""``.
+    retry_after
+        Seconds Lambda asked the caller to wait (``Retry-After``), or ``None``.
+    advice
+        What the user can change so that it stops happening, or ``""``.
+    """
+
+    def __init__(self, message: str, reason: str = "", retry_after: float | None = None,
+                 advice: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.advice = advice
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.reason, self.retry_after, self.advice)
 
 
 class ResultLostError(DaskLambdaError):

@@ -24,6 +24,7 @@ import contextvars
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import random
 import statistics
@@ -41,7 +42,7 @@ from dask_lambda_handler import protocol
 
 from . import batching, serialize
 from .backends.base import Backend
-from .cost import CostMeter, billed_ms
+from .cost import CostMeter, billed_ms, invocation_ms
 from .errors import (
     DaskLambdaError,
     FunctionError,
@@ -199,6 +200,16 @@ def _type_named(name: str) -> type:
     for part in qualname.split(".") if obj is not None else ():
         obj = getattr(obj, part, None)
     return obj if isinstance(obj, type) else protocol.ObjectRef
+
+
+def _fits_inline(nbytes: int, event: dict) -> bool:
+    """Whether a job of ``nbytes`` fits in ``event`` within Lambda's invoke payload limit (the
+    ``inline-max`` setting may allow more than fits, once base64 and JSON are counted)."""
+    if 4 * -(-nbytes // 3) < protocol.INVOKE_PAYLOAD_LIMIT // 2:  # far below: nothing to count
+        return True
+    # the result key the attempts add is about as long as the job key
+    envelope = len(json.dumps(event)) + 2 * len(event["job_key"]) + 64
+    return protocol.fits_inline(nbytes, envelope)
 
 
 class _AsyncExecutor(concurrent.futures.Executor):
@@ -480,7 +491,7 @@ class LambdaExecutor(_AsyncExecutor):
             event["max_output"] = self.max_output
         if len(prefixes) > 1:
             event["tasks"] = len(prefixes)  # graph tasks this job runs (for logs and models)
-        if nbytes <= self.inline_max:
+        if nbytes <= self.inline_max and _fits_inline(nbytes, event):
             event["job"] = base64.b64encode(b"".join(parts)).decode()
             self.stats.inline_jobs += 1
         else:
@@ -525,27 +536,29 @@ class LambdaExecutor(_AsyncExecutor):
                 self.cost.settle(billed_ms(time() - sent))
                 raise
             except FunctionError as exc:
-                self.cost.settle(0)
+                self.cost.settle(getattr(exc, "billed_ms", None) or 0)
                 if exc.error_type == "InputLostError":
                     raise ResultLostError(str(exc).split(": ", 1)[-1]) from None
                 raise
-            except LambdaThrottledError:
+            except LambdaThrottledError as exc:
                 self.cost.cancel()
                 if throttled >= _THROTTLE_RETRIES:
                     raise LambdaThrottledError(
                         f"Lambda throttled this task {throttled + 1} times in a row (429 "
-                        "TooManyRequests). Lower the concurrency, e.g. LambdaClient(..., "
-                        "concurrency=100), or ask AWS to raise the account's concurrency "
-                        "limit.") from None
+                        f"{exc.reason or 'TooManyRequests'}). " + (exc.advice or (
+                            "Lower the concurrency, e.g. LambdaClient(..., concurrency=100), "
+                            "or ask AWS to raise the account's concurrency limit.")),
+                        exc.reason) from None
                 self.stats.throttled += 1
-                await asyncio.sleep(min(_THROTTLE_CAP, _THROTTLE_BASE * 2**throttled)
-                                    * (0.5 + random.random()))
+                backoff = min(_THROTTLE_CAP, _THROTTLE_BASE * 2**throttled)
+                await asyncio.sleep(max(backoff * (0.5 + random.random()),
+                                        exc.retry_after or 0.0))  # Lambda's Retry-After
                 continue
-            except BaseException:
-                self.cost.settle(0)  # a failed invocation is billed too; its duration is unknown
+            except BaseException as exc:  # billed too: what the log tail said, if it did
+                self.cost.settle(getattr(exc, "billed_ms", None) or 0)
                 raise
             stats = response.get("stats") or {}
-            self.cost.settle(billed_ms(stats.get("duration_s", 0.0)),
+            self.cost.settle(invocation_ms(stats),
                              s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
             if prefixes and response["status"] == "ok" and "duration_s" in stats:
                 self._learn(prefixes, stats["duration_s"])

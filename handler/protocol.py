@@ -400,6 +400,22 @@ TRANSFER_CONCURRENCY = 8
 TRANSFER_CONCURRENCY_ENV = "DASK_LAMBDA_TRANSFER_CONCURRENCY"
 
 
+#: Most bytes of a synchronous invoke's request, and of its response, JSON and all (Lambda
+#: quotas: "6 MB each for request and response"; beyond it Invoke answers 413
+#: RequestTooLargeException, or the function's answer fails).
+INVOKE_PAYLOAD_LIMIT = 6 * 2**20
+
+
+def fits_inline(nbytes: int, envelope: int) -> bool:
+    """Whether ``nbytes`` of payload, base64-encoded as a JSON string inside a JSON document
+    of ``envelope`` other bytes, stays within `INVOKE_PAYLOAD_LIMIT`.
+
+    >>> fits_inline(4_000_000, 1_000), fits_inline(4_800_000, 1_000)
+    (True, False)
+    """
+    return envelope + 4 * -(-nbytes // 3) + 2 <= INVOKE_PAYLOAD_LIMIT
+
+
 def part_size_for(total: int) -> int:
     """A part size that keeps ``total`` within S3's 10,000 parts."""
     return max(PART_SIZE, -(-total // 10_000))

@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
+import json
+import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +55,12 @@ _INTERNAL = (os.path.dirname(__file__), os.path.join("dask", "_task_spec"))
 _find_class = compat.find_class
 
 
+#: Inputs of a task read at once; each reads a large object in `_transfer_concurrency`
+#: parallel ranges, so the S3 client's pool holds both: a request beyond the pool would
+#: open (and throw away) a connection of its own.
+_LOADERS = 16
+
+
 def _s3() -> Any:
     global _S3
     if _S3 is None:
@@ -59,7 +70,7 @@ def _s3() -> Any:
         _S3 = botocore.session.get_session().create_client(
             "s3",
             config=Config(retries={"mode": "standard", "max_attempts": 5},
-                          max_pool_connections=16),
+                          max_pool_connections=_LOADERS * max(1, _transfer_concurrency())),
         )
     return _S3
 
@@ -225,7 +236,7 @@ def _resolve(args: tuple, key: bytes) -> tuple:
         # a copy: a task may change its inputs in place, and the next one must not see that
         return protocol.decode(bytearray(raw), key, expected).load(_find_class)
 
-    with ThreadPoolExecutor(min(16, len(refs))) as pool:
+    with ThreadPoolExecutor(min(_LOADERS, len(refs))) as pool:
         values = dict(zip(refs, pool.map(load, refs), strict=True))
 
     def swap(v: Any) -> Any:
@@ -299,37 +310,189 @@ def _exit_error(exc: BaseException) -> TaskExitError:
     return error.with_traceback(exc.__traceback__)
 
 
-#: Most bytes of a task's printed output returned to the client (all of it stays in the log).
+#: Most bytes of a task's printed output returned to the client (all of it goes to the log).
 LOG_LIMIT = 64 * 1024
+
+
+class _Tail:
+    """The last `LOG_LIMIT` bytes written to it (from several threads)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes) -> None:
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size - len(self._chunks[0]) >= LOG_LIMIT:
+                self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        with self._lock:
+            return b"".join(self._chunks)[-LOG_LIMIT:].decode(errors="replace")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _forward(source: int, log: int, tail: _Tail) -> None:
+    """In a thread: copy what arrives on ``source`` to ``log`` as it comes, keeping its tail.
+    Closes both when ``source`` ends (when every writer, the task's children too, is done)."""
+    try:
+        while True:
+            data = os.read(source, 65536)
+            if not data:
+                break
+            tail.add(data)
+            with contextlib.suppress(OSError):  # the log is gone: keep the tail for the client
+                _write_all(log, data)
+    finally:
+        os.close(source)
+        os.close(log)
+
+
+class _TeeBytes(io.RawIOBase):
+    """The binary side (``sys.stdout.buffer``) of a `_Tee`."""
+
+    def __init__(self, log: int, tail: _Tail, fileno: int):
+        super().__init__()
+        self._log = log
+        self._tail = tail
+        self._fileno = fileno
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self._tail.add(data)
+        with contextlib.suppress(OSError):
+            _write_all(self._log, data)
+        return len(data)
+
+
+class _Tee(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` while a task runs: each write goes to the log at once
+    (no buffer and no thread in between, so it is there even if the process dies on the next
+    line) and into the tail."""
+
+    def __init__(self, log: int, tail: _Tail, fileno: int, encoding: str | None):
+        super().__init__()
+        self._bytes = _TeeBytes(log, tail, fileno)
+        self._fileno = fileno
+        self._encoding = encoding or "utf-8"
+
+    @property
+    def buffer(self) -> _TeeBytes:
+        return self._bytes
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        self._bytes.write(text.encode(self._encoding, "replace"))
+        return len(text)
+
+
+class _LogRecords(logging.Handler):
+    """Keeps the records the task logs in the tail of its output."""
+
+    def __init__(self, tail: _Tail):
+        super().__init__()
+        self.tail = tail
+        self.setFormatter(logging.Formatter("[%(levelname)s] %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.tail.add((self.format(record) + "\n").encode(errors="replace"))
+        except Exception:
+            self.handleError(record)
+
+
+def _writes_to_fd_1_or_2(handler: logging.Handler) -> bool:
+    try:
+        return handler.stream.fileno() in (1, 2)  # type: ignore[attr-defined]
+    except Exception:
+        return False
 
 
 @contextlib.contextmanager
 def _captured_output(box: dict) -> Iterator[None]:
-    """Capture what the task writes to file descriptors 1 and 2 (prints, logging, C code).
+    """Capture what the task prints, what it writes to file descriptors 1 and 2 (C code,
+    child processes), and what it logs with `logging`.
 
-    The text is also written on to the original stderr, so it still reaches the
-    function's log (CloudWatch on AWS, the terminal on the local backend).
+    Output is passed on to the original stderr as it is written, so the function's log
+    (CloudWatch on AWS, the terminal on the local backend) has it even when the task then
+    crashes, times out or runs out of memory; the client gets its last `LOG_LIMIT` bytes
+    (``box["log"]``). Python's writes (``sys.stdout``, ``sys.stderr``) reach the log before
+    they return; writes to the descriptors go through a pipe that a thread copies on, so
+    the last of them may be lost if the process dies at once. Everything goes to stderr: a
+    runtime may use descriptor 1 for its own protocol (ministack's does), and Lambda sends
+    both to the same log.
+
+    On Lambda the root logger does not write to descriptors 1 or 2: the runtime interface
+    client (``awslambdaric.bootstrap``) gives it a handler that writes to the log through
+    the ``_LAMBDA_TELEMETRY_LOG_FD`` descriptor. Its records reach the log already; they are
+    added to the client's tail here. Where the root logger has no handler (Python's last
+    resort writes to ``sys.stderr``) or one on descriptor 1 or 2, they are captured with the
+    rest.
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    tail = _Tail()
+    source, sink = os.pipe()
     saved = (os.dup(1), os.dup(2))
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            data = sink.read()
-            if data:
-                os.write(2, data)
-                box["log"] = data[-LOG_LIMIT:].decode(errors="replace")
+    log = os.dup(2)
+    forwarder = threading.Thread(target=_forward, args=(source, os.dup(2), tail),
+                                 name="dask-lambda-task-output", daemon=True)
+    forwarder.start()
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    streams = sys.stdout, sys.stderr
+    sys.stdout = _Tee(log, tail, 1, getattr(streams[0], "encoding", None))
+    sys.stderr = _Tee(log, tail, 2, getattr(streams[1], "encoding", None))
+    root = logging.getLogger()
+    records = None
+    if root.handlers and not any(_writes_to_fd_1_or_2(h) for h in root.handlers):
+        records = _LogRecords(tail)
+        root.addHandler(records)
+    try:
+        yield
+    finally:
+        if records is not None:
+            root.removeHandler(records)
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)  # the pipe's last writers: its reader sees the end
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
+        forwarder.join(timeout=1.0)  # longer only if a child of the task still writes
+        text = tail.text()
+        if text:
+            box["log"] = text
 
 
 def _execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
@@ -408,7 +571,8 @@ def _run(event: dict, context: Any) -> dict:
     response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
                       "stats": stats, "result": None, "result_key": None,
                       "log": captured.get("log")}
-    if nbytes <= int(event.get("inline_max", 0)):
+    if nbytes <= int(event.get("inline_max", 0)) and protocol.fits_inline(
+            nbytes, len(json.dumps(response)) + 1024):  # 1024: the stats added below
         response["result"] = base64.b64encode(b"".join(parts)).decode()
     else:
         trigger.refuse_jobs_prefix(event["result_key"], event.get("job_key"))

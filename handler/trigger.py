@@ -6,12 +6,19 @@ bucket's notification invokes the function with an S3 event.  For each record
 the handler
 
 1. derives the result key with :func:`protocol.result_key_for_job`;
-2. claims the job by creating ``P/results/<run>/_claims/<hh>/<name>`` with
+2. refuses a job older than the client waits for its claim (``start_within``
+   seconds after the job object was written, the client's notification grace
+   less a margin): Lambda keeps throttled asynchronous events and delivers them
+   late (up to the function's MaximumEventAgeInSeconds), and by then the client
+   has sent the job again under a new attempt key;
+3. claims the job by creating ``P/results/<run>/_claims/<hh>/<name>`` with
    ``If-None-Match: *``: S3 delivers notifications at least once and Lambda
    retries asynchronous invocations, so a second delivery of the same job finds
-   the claim and does nothing (a job runs at most once per attempt key);
-3. runs it like an ``op: run`` event (the output always goes to S3);
-4. writes a signed completion record ``P/results/<run>/_done/<hh>/<name>.json``
+   the claim (412 PreconditionFailed) and does nothing (a job runs at most once
+   per attempt key). A 409 ConditionalRequestConflict means a conflicting write
+   was in progress, and S3's API reference says to retry it;
+4. runs it like an ``op: run`` event (the output always goes to S3);
+5. writes a signed completion record ``P/results/<run>/_done/<hh>/<name>.json``
    holding the run's response (or the handler's error), which the client lists.
 
 The handler never writes under the jobs prefix (`refuse_jobs_prefix` checks
@@ -62,6 +69,41 @@ def handle_records(event: dict, context: Any) -> dict:
 
 _code = s3errors.error_code  # of a botocore ClientError
 
+#: Attempts at a claim that S3 answers 409 ConditionalRequestConflict, and the first wait.
+CLAIM_ATTEMPTS = 6
+_CLAIM_BACKOFF = 0.1
+#: The options (object metadata) the client may set on a trigger job.
+OPTIONS = ("max_output", "start_within")
+#: S3 requests this module makes per job (the job's HEAD, the claim, the completion record),
+#: counted in the response's stats with the run's own.
+_GETS, _PUTS = 1, 2
+
+
+def _claim(client: Any, bucket: str, claim: str, body: bytes) -> bool:
+    """Create the claim object; False if it exists (another delivery has the job)."""
+    for attempt in range(CLAIM_ATTEMPTS):
+        try:
+            client.put_object(Bucket=bucket, Key=claim, IfNoneMatch="*", Body=body)
+            return True
+        except Exception as exc:
+            code = _code(exc)
+            if code in ("PreconditionFailed", "412"):
+                return False
+            if code not in ("ConditionalRequestConflict", "409") or \
+                    attempt == CLAIM_ATTEMPTS - 1:
+                raise
+            time.sleep(_CLAIM_BACKOFF * 2**attempt)  # another write of it is under way
+    raise AssertionError("unreachable")
+
+
+def _age(head: dict) -> float:
+    """Seconds since the object of ``head`` (a HeadObject answer) was written, by S3's clock."""
+    import email.utils
+
+    date = (head.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+    now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+    return now - head["LastModified"].timestamp()
+
 
 def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     from . import runner
@@ -81,20 +123,24 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
             return _skipped(key, "the job object is gone")
         raise
     request_id = getattr(context, "aws_request_id", None)
-    try:
-        client.put_object(Bucket=bucket, Key=claim, IfNoneMatch="*", Body=json.dumps(
-            {"request_id": request_id, "time": time.time()}).encode())
-    except Exception as exc:
-        if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-            return _skipped(key, "duplicate delivery: the job was already claimed")
-        raise
+    raw = (head.get("Metadata") or {}).get("dask-lambda-options")
+    options = {k: v for k, v in json.loads(raw).items() if k in OPTIONS} if raw else {}
+    start_within = options.pop("start_within", None)
+    age = _age(head)
+    if start_within is not None and age > float(start_within):
+        return _skipped(key, f"the job is {age:.0f} s old and had to start within "
+                             f"{float(start_within):.0f} s: the client no longer waits for it")
+    if not _claim(client, bucket, claim, json.dumps(
+            {"request_id": request_id, "time": time.time()}).encode()):
+        return _skipped(key, "duplicate delivery: the job was already claimed")
     event: dict = {"op": "run", "bucket": bucket, "job_key": key, "result_key": result_key,
-                   "inline_max": 0}
-    options = (head.get("Metadata") or {}).get("dask-lambda-options")
-    if options:
-        event.update({k: v for k, v in json.loads(options).items() if k in ("max_output",)})
+                   "inline_max": 0, **options}
     try:
-        record: dict = {"kind": "done", "response": runner._run(event, context)}
+        response = runner._run(event, context)
+        stats = response.setdefault("stats", {})
+        stats["s3_gets"] = stats.get("s3_gets", 0) + _GETS
+        stats["s3_puts"] = stats.get("s3_puts", 0) + _PUTS
+        record: dict = {"kind": "done", "response": response}
     except Exception as exc:  # the handler failed (not the task): tell the client
         record = {"kind": "done", "error": {"errorType": type(exc).__name__,
                                             "errorMessage": str(exc),

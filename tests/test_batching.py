@@ -278,7 +278,7 @@ def test_a_fused_group_that_times_out_says_how_to_turn_batching_off(s3_endpoint,
     with dask.config.set({"distributed.scheduler.default-task-durations": {"nap": "200ms"},
                           "lambda.batching.max-duration": 3}), \
             LambdaClient(f"s3://{bucket}/run", local_s3_endpoint=s3_endpoint,
-                         dashboard_address=None, concurrency=1, timeout=3) as c:
+                         dashboard_address=None, concurrency=1, function_timeout=3) as c:
         x = delayed(nap, pure=False)(0, 1.5)
         for _ in range(3):
             x = delayed(nap, pure=False)(x, 1.5)

@@ -22,7 +22,7 @@ from dask_lambda.errors import (
     TaskSerializationError,
 )
 
-CLIENT_OPTIONS = {"timeout": 5, "memory": 700, "retries": 1}
+CLIENT_OPTIONS = {"function_timeout": 5, "memory": 700, "retries": 1}
 
 
 class Unpicklable(Exception):
@@ -156,7 +156,7 @@ def test_timeout_names_the_setting_and_the_task_and_environment_is_replaced(clie
     assert time.monotonic() - t0 < 20
     message = str(info.value)
     assert message.startswith("task 'sleepy': Task timed out after 5.00 seconds")
-    assert "LambdaClient(..., timeout=10)" in message
+    assert "LambdaClient(..., function_timeout=10)" in message
     assert client.submit(lambda: 42).result() == 42
 
 

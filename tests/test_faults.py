@@ -121,7 +121,7 @@ def test_tasks_past_the_timeout_fail_in_bounded_time(s3_endpoint, s3):
         return x.map_blocks(slow_block, dtype=float).sum()
 
     with LambdaClient("s3://f-timeout/f", local_s3_endpoint=s3_endpoint, concurrency=2,
-                      timeout=3, dashboard_address=None) as client:
+                      function_timeout=3, dashboard_address=None) as client:
         t0 = time.monotonic()
         with pytest.raises(LambdaTimeoutError, match=r"Task timed out after 3.00 seconds"):
             timed_graph().compute()

@@ -13,6 +13,7 @@ import base64
 import calendar
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -491,3 +492,248 @@ def test_tls_failures_before_the_request_are_nothing_sent_or_a_certificate_error
             await backend.close()
 
     asyncio.run(go())
+
+
+def _keepalive_idle(sock: Any) -> tuple[int, int]:
+    """(SO_KEEPALIVE, idle seconds before the first probe) of a socket."""
+    import socket
+
+    idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, idle))
+
+
+def test_invoke_connections_send_keepalives_well_before_a_nat_forgets_them():
+    """NAT gateways and load balancers drop a TCP flow idle for 350 s; a synchronous invoke's
+    connection is idle while the function runs. Both transports, and the sdk path, set it."""
+    async def go():
+        async with Peer([_reply(200)]) as peer:
+            pool = HttpPool(peer.url, max_connections=1)
+            await pool.request("POST", "/", {"host": pool.host}, b"{}", 5.0)
+            plain = _keepalive_idle(pool._idle[0].writer.get_extra_info("socket"))
+            await pool.close()
+        backend = SimulatedBackend(LambdaModel(), s3_endpoint="http://unused", tls=True)
+        backend.configure(FunctionSettings(concurrency=2, memory=1024, timeout=60,
+                                           signing_key=b"k" * 32))
+        await backend.start()
+        try:
+            pool = backend._invoker.direct.pool
+            assert (await backend._invoker.direct.invoke(b'{"op": "run"}')).status == 200
+            tls = _keepalive_idle(pool._idle[0].writer.transport.get_extra_info("socket"))
+        finally:
+            await backend.close()
+        return plain, tls
+
+    for enabled, idle in asyncio.run(go()):
+        assert enabled and 0 < idle <= 60  # a probe a minute: far under 350 s
+
+
+def test_the_sdk_invokers_sockets_send_keepalives_and_name_dask_lambda():
+    from aiobotocore.session import get_session
+
+    import dask_lambda
+    from dask_lambda.backends.aws import sdk_invoke_config
+
+    config = sdk_invoke_config(30.0, 4)
+    made: list = []
+    factory = config.connector_args["socket_factory"]  # aiobotocore >= 3.1 takes one
+    config.connector_args["socket_factory"] = lambda addr: made.append(factory(addr)) or made[-1]
+
+    async def go():
+        async with Peer([_reply(200, b'{"ok": 1}')]) as peer:
+            async with get_session().create_client(
+                    "lambda", region_name="us-east-1", endpoint_url=peer.url, config=config,
+                    aws_access_key_id="x", aws_secret_access_key="x") as lam:
+                answer = await lam.invoke(FunctionName="fn", Payload=b"{}")
+                body = await answer["Payload"].read()
+                return peer, body, [_keepalive_idle(s) for s in made]
+
+    peer, body, sockets = asyncio.run(go())
+    assert body == b'{"ok": 1}' and len(sockets) == 1
+    enabled, idle = sockets[0]
+    assert enabled and 0 < idle <= 60
+    assert f"dask-lambda/{dask_lambda.__version__}".encode() in peer.requests[0][0]
+
+
+def test_interim_and_bodiless_answers_do_not_wait_for_the_read_timeout():
+    """A 100 Continue before the answer, or a 204 without a length, used to hang until the
+    read timeout (the body was read to the end of the connection)."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + _reply(200, b'{"after": "100"}')
+    no_content = b"HTTP/1.1 204 No Content\r\nx-amzn-requestid: r\r\n\r\n"
+
+    async def go():
+        async with Peer([interim, no_content, _reply(200, b'{"n": 3}')]) as peer:
+            invoker = _invoker(peer.url, read_timeout=30.0)
+            t0 = time.monotonic()
+            answers = [await invoker.invoke(b"{}") for _ in range(3)]
+            elapsed = time.monotonic() - t0
+            await invoker.close()
+            return peer, answers, elapsed
+
+    peer, (first, second, third), elapsed = asyncio.run(go())
+    assert (first.status, first.body) == (200, b'{"after": "100"}')
+    assert (second.status, second.body) == (204, b"")
+    assert third.body == b'{"n": 3}'
+    assert elapsed < 10 and peer.connections == 1  # and the connection was kept
+
+
+def test_invokes_name_dask_lambda_and_its_version():
+    import dask_lambda
+
+    async def go():
+        async with Peer([_reply(200)]) as peer:
+            await _invoker(peer.url).invoke(b"{}")
+            return peer
+
+    head = asyncio.run(go()).requests[0][0].decode()
+    agent = next(line for line in head.split("\r\n") if line.startswith("user-agent: "))
+    assert agent.startswith(f"user-agent: dask-lambda/{dask_lambda.__version__} Python/")
+
+
+def _error_reply(status: int, code: str, message: str, **extra: Any) -> bytes:
+    headers = {k: v for k, v in extra.items() if not k.startswith("body_")}
+    body = {"Type": "User", "message": message,
+            **{k[5:]: v for k, v in extra.items() if k.startswith("body_")}}
+    return _reply(status, json.dumps(body).encode(), x_amzn_ErrorType=code, **headers)
+
+
+def _outcome(replies: list, reserved: int | None = None) -> Any:
+    async def go():
+        async with Peer(replies) as peer:
+            invoker = _function_invoker(peer.url)
+            invoker.reserved_concurrency = reserved
+            try:
+                return await invoker.invoke({"op": "run"})
+            except Exception as exc:
+                return exc
+
+    return asyncio.run(go())
+
+
+def test_refused_credentials_name_what_is_wrong_with_them():
+    import email.utils
+
+    expired = _error_reply(403, "ExpiredTokenException",
+                           "The security token included in the request is expired")
+    outcome = _outcome([expired, expired])  # fetched again once: still expired
+    assert isinstance(outcome, PermissionDeniedError)
+    assert str(outcome) == (
+        "AWS refused the invoke of 'fn': the credentials' session token has expired "
+        "(ExpiredTokenException). Renew them (e.g. `aws sso login`, or a new AWS_SESSION_TOKEN)"
+        " and run again.")
+    outcome = _outcome([_error_reply(403, "UnrecognizedClientException",
+                                     "The security token included in the request is invalid.")])
+    assert str(outcome) == (
+        "AWS does not know the access key these credentials use (UnrecognizedClientException): "
+        "it is wrong, deleted, or of another account or partition; check them with `aws sts "
+        "get-caller-identity`.")
+    aws_now = email.utils.formatdate(time.time() + 600, usegmt=True)  # this clock: 10 min late
+    outcome = _outcome([_error_reply(
+        403, "InvalidSignatureException", "Signature expired: 20260101T000000Z is now earlier "
+        "than 20260101T000500Z (20260101T001000Z - 5 min.)", date=aws_now)])
+    assert isinstance(outcome, PermissionDeniedError)
+    assert "this machine's clock is off and the request's signature has expired" in str(outcome)
+    assert re.search(r"This machine's clock is (599|600|601) s behind AWS's\.", str(outcome))
+    assert "set the clock from the network (NTP" in str(outcome)
+    outcome = _outcome([_error_reply(
+        403, "InvalidSignatureException", "The request signature we calculated does not match "
+        "the signature you provided.")])
+    assert "the secret access key does not belong to the access key id" in str(outcome)
+    assert "lambda:InvokeFunction" not in str(outcome)
+
+
+def test_expired_credentials_are_fetched_again_once():
+    fetched = []
+
+    async def credentials() -> Credentials:
+        fetched.append(1)
+        return Credentials("testing", "testing", f"token-{len(fetched)}")
+
+    async def go():
+        async with Peer([_error_reply(403, "ExpiredTokenException", "expired"),
+                         _reply(200, b'{"status": "ok"}')]) as peer:
+            invoker = _function_invoker(peer.url)
+            invoker.direct._credentials = credentials
+            return peer, await invoker.invoke({"op": "run"})
+
+    peer, answer = asyncio.run(go())
+    assert answer == {"status": "ok"} and len(fetched) == 2
+    assert b"x-amz-security-token: token-2" in peer.requests[1][0]
+
+
+def test_a_429s_reason_and_retry_after_are_kept_and_advised_on():
+    throttled = _outcome([_error_reply(
+        429, "TooManyRequestsException", "Rate Exceeded.", retry_after="3",
+        body_Reason="ReservedFunctionConcurrentInvocationLimitExceeded")], reserved=5)
+    assert isinstance(throttled, LambdaThrottledError)
+    assert (throttled.reason, throttled.retry_after) == (
+        "ReservedFunctionConcurrentInvocationLimitExceeded", 3.0)
+    assert throttled.advice == (
+        "The function's reserved concurrency (5) is in use: run fewer at once, e.g. "
+        "LambdaClient(..., concurrency=5), or raise it: `aws lambda put-function-concurrency "
+        "--function-name fn --reserved-concurrent-executions 10`.")
+    account = _outcome([_error_reply(429, "TooManyRequestsException", "Rate Exceeded.",
+                                     body_Reason="ConcurrentInvocationLimitExceeded",
+                                     body_retryAfterSeconds="1")])
+    assert account.retry_after == 1.0 and "The account's concurrency in this region is in use" \
+        in account.advice
+    off = _outcome([_error_reply(429, "TooManyRequestsException", "Rate Exceeded.",
+                                 body_Reason="ReservedFunctionConcurrentInvocationLimitExceeded")],
+                   reserved=0)
+    assert isinstance(off, FunctionError)  # not retried: it never clears by itself
+    assert str(off).startswith("Lambda runs no invocations of 'fn': its reserved concurrency "
+                               "is 0")
+    assert "`aws lambda delete-function-concurrency --function-name fn`" in str(off)
+
+
+@pytest.mark.parametrize("code, kind, advice", [
+    ("ResourceNotReadyException", FunctionError, "the function is Inactive"),
+    ("KMSAccessDeniedException", FunctionError, "(kms:Decrypt)"),
+    ("InvalidZipFileException", FunctionError, "deploy it again with `deploy`"),
+    ("ENINotReadyException", LambdaThrottledError, "Lambda is not ready to run 'fn'"),
+    ("ServiceException", HandlerCrashedError, "Lambda answered ServiceException"),
+])
+def test_5xx_that_do_not_clear_are_not_retried_as_crashes(code, kind, advice):
+    outcome = _outcome([_error_reply(502, code, "it failed")])
+    assert type(outcome) is kind
+    assert advice in str(outcome)
+
+
+def test_a_timeout_at_the_memory_limit_is_out_of_memory_and_billed_as_reported():
+    from dask_lambda.errors import LambdaOutOfMemoryError
+
+    def report(used: int) -> str:
+        return base64.b64encode(
+            f"START RequestId: r\nEND RequestId: r\nREPORT RequestId: r\tDuration: 60000.00 "
+            f"ms\tBilled Duration: 60000 ms\tMemory Size: 1024 MB\tMax Memory Used: {used} MB"
+            "\n".encode()).decode()
+
+    timed_out = json.dumps({"errorType": "Sandbox.Timedout",
+                            "errorMessage": "r Task timed out after 60.00 seconds"}).encode()
+    full, slow = (_outcome([_reply(200, timed_out, x_amz_function_error="Unhandled",
+                                   x_amz_log_result=report(used), x_amzn_requestid="r")])
+                  for used in (1024, 300))
+    assert isinstance(full, LambdaOutOfMemoryError)
+    assert str(full).startswith("Runtime exited: timed out at the memory limit. The task used "
+                                "1024 MB, the function's 1024 MB (request r). Give it more, "
+                                "e.g. `deploy --memory 2048`")
+    assert isinstance(slow, LambdaTimeoutError)
+    assert full.billed_ms == slow.billed_ms == 60000
+
+
+def test_billed_duration_is_read_from_the_report_line():
+    """Since 2025-08-01 Lambda bills a cold start's INIT phase: the REPORT line's Billed
+    Duration says what was billed, the handler's own timing cannot."""
+    from dask_lambda.cost import CostMeter, invocation_ms
+
+    tail = base64.b64encode(
+        b"START RequestId: r Version: $LATEST\nEND RequestId: r\nREPORT RequestId: r\t"
+        b"Duration: 395.99 ms\tBilled Duration: 662 ms\tMemory Size: 1024 MB\tMax Memory Used: "
+        b"301 MB\tInit Duration: 265.72 ms\t\n").decode()
+    answer = _outcome([_reply(200, b'{"status": "ok", "stats": {"duration_s": 0.39}}',
+                              x_amz_log_result=tail)])
+    assert answer["stats"] == {"duration_s": 0.39, "billed_ms": 662, "max_memory_mb": 301,
+                               "init_ms": 265.72}
+    meter = CostMeter(1024)
+    meter.settle(invocation_ms(answer["stats"]))
+    assert meter.billed_ms == 662

@@ -96,7 +96,7 @@ def test_backend_times_out_like_lambda():
     model = LambdaModel(invoke_latency=0.0, cold_start=0.0, duration=constant(5.0))
     (result,), backend = _run_backend(model, [_event()])
     assert isinstance(result, LambdaTimeoutError)
-    assert "timeout=2" in str(result)  # the message shows the corrected call
+    assert "function_timeout=2" in str(result)  # the message shows the corrected call
     assert backend.counters()["environments"] == 1
 
 

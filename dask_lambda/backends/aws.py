@@ -34,21 +34,24 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 from dask_lambda_handler import protocol, s3errors
 
+from .. import failures
 from ..deploy import compat, names
 from ..errors import (
     ConfigurationError,
     PermissionDeniedError,
     VersionMismatchError,
 )
+from . import aws_trigger
 from .base import Backend, FunctionSettings
 from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker, raise_open_files_limit
+from .lambda_api import Credentials, LambdaInvoker, keepalive, raise_open_files_limit, user_agent
 
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
@@ -158,20 +161,35 @@ class AwsBackend(Backend):
             memory=self.function_memory, timeout=self.function_timeout,
             read_timeout=read_timeout, fix=self._fix,
             redeploy=f"deploy it again with `{self.deploy}`", on_sent=self._count_invocation)
+        limits = await aws_trigger.read_limits(control, self.function,
+                                               account=self.mode == "trigger")
+        if limits.reserved == 0:
+            raise ConfigurationError(failures.switched_off(self.function))
+        self._invoker.reserved_concurrency = limits.reserved
         await self._check_versions()
         if self.mode == "trigger":
-            from .aws_trigger import TriggerDispatcher
-
             s3 = await self._stack.enter_async_context(session.create_client(
                 "s3", region_name=self.region, config=AioConfig(
                     retries={"mode": "standard", "max_attempts": 5},
                     max_pool_connections=max(10, min(256, self.settings.concurrency)))))
             await self._check_trigger(s3)
-            self._trigger = TriggerDispatcher(
+            self._trigger = aws_trigger.TriggerDispatcher(
                 s3, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
-                deploy=self.deploy)
+                deploy=self.deploy, limit=self._trigger_limit(limits))
+
+    def _trigger_limit(self, limits: aws_trigger.Limits) -> int | None:
+        """Trigger mode: most jobs out at once. Lambda queues asynchronous invocations it
+        cannot run yet (for hours) instead of refusing them, so the client holds back the
+        jobs the function may not run now rather than have them time out in the queue."""
+        cap = limits.cap()
+        if cap is None or cap[0] >= self.settings.concurrency:
+            return None
+        aws_trigger.logger.warning(
+            "mode=\"trigger\": at most %d jobs at once, %s (concurrency=%d asked for more)",
+            cap[0], cap[1], self.settings.concurrency)
+        return cap[0]
 
     async def stop(self) -> None:
         if self._trigger is not None:
@@ -369,11 +387,31 @@ class AwsBackend(Backend):
 
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:
     """The aiobotocore config of the ``sdk`` invoke client: ``connections`` pooled, nothing
-    re-sends an invoke, and it waits ``read_timeout`` seconds for an answer."""
-    from aiobotocore.config import AioConfig
+    re-sends an invoke, it waits ``read_timeout`` seconds for an answer, and its sockets send
+    TCP keepalives (`.lambda_api.keepalive`).
 
-    return AioConfig(read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
-                     retries={"total_max_attempts": 1}, max_pool_connections=connections)
+    botocore's own ``tcp_keepalive`` turns keepalive on with the system's idle time (two
+    hours), and aiobotocore does not apply it; aiobotocore >= 3.1 takes a socket factory
+    (``connector_args={"socket_factory": ...}``). Older versions get no keepalive.
+    """
+    from aiobotocore.config import AioConfig
+    from botocore.exceptions import ParamValidationError
+
+    options: dict = dict(read_timeout=read_timeout, connect_timeout=_CONNECT_TIMEOUT,
+                         retries={"total_max_attempts": 1}, max_pool_connections=connections,
+                         user_agent_extra=user_agent().split(" ")[0])
+    try:
+        return AioConfig(connector_args={"socket_factory": _keepalive_socket}, **options)
+    except ParamValidationError:  # aiobotocore < 3.1
+        return AioConfig(**options)
+
+
+def _keepalive_socket(addr_info: tuple) -> socket.socket:
+    """aiohttp's socket factory: a socket for ``(family, type, proto, ...)``, keepalive on."""
+    family, kind, proto = addr_info[:3]
+    sock = socket.socket(family, kind, proto)
+    keepalive(sock)
+    return sock
 
 
 def _proxied(url: str, configured: dict | None) -> bool:

@@ -13,6 +13,19 @@ after ``grace`` seconds means no notification reached the function (the attempt
 fails as crashed, so it is retried with a new job object); a claim older than
 the function timeout means the function died without a record (timeout, memory,
 crash).
+
+Lambda does not refuse an asynchronous invocation it cannot run yet: it keeps the event
+and retries it, for up to the function's MaximumEventAgeInSeconds (``dask-lambda
+deploy`` sets it near the grace). So that a job the client has given up on never runs
+late beside its new attempt, each job object says within how many seconds of being
+written it must start (``start_within``, less than ``grace``), and the handler refuses
+it after that. And so that jobs do not wait in Lambda's queue at all, no more jobs are
+out at once than the function may run (`read_limits`: its reserved concurrency, else
+the account's unreserved concurrency).
+
+S3 requests are counted in each job's response stats, as the handler counts its own: the
+job's PUT (or COPY), the record's GET, the claim's HEADs, and the poller's LISTs (each
+LIST is counted once, in the next response delivered).
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import base64
 import contextlib
 import email.utils
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +48,55 @@ from ..errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
 _MIN_INTERVAL = 0.05
 _MAX_INTERVAL = 1.0
 _MARGIN = 15.0  # seconds after the function timeout before a claimed job counts as lost
+#: Most seconds before the grace ends by which a job must have started (its claim written
+#: and visible when the client looks at the grace's end); a quarter of shorter graces.
+START_MARGIN = 10.0
+logger = logging.getLogger("dask_lambda")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many invocations of the function Lambda runs at once (``None``: not known).
+
+    Attributes
+    ----------
+    reserved
+        The function's reserved concurrency (GetFunctionConcurrency), if it has one.
+    unreserved
+        The account's concurrency in the region left to functions without a reservation
+        (GetAccountSettings ``AccountLimit.UnreservedConcurrentExecutions``).
+    """
+
+    reserved: int | None = None
+    unreserved: int | None = None
+
+    def cap(self) -> tuple[int, str] | None:
+        """The most invocations that can run at once, and why; None if not known."""
+        if self.reserved is not None:
+            return self.reserved, "the function's reserved concurrency"
+        if self.unreserved is not None:  # (AWS keeps at least 100 of it; an emulator may not)
+            return max(1, self.unreserved), "the account's unreserved concurrency in this region"
+        return None
+
+
+async def read_limits(control: Any, function: str, *, account: bool = True) -> Limits:
+    """The function's `Limits`, as far as these credentials may read them (``account``:
+    the account's too)."""
+    reserved = unreserved = None
+    try:
+        answer = await control.get_function_concurrency(FunctionName=function)
+        value = answer.get("ReservedConcurrentExecutions")
+        reserved = None if value is None else int(value)
+    except Exception as exc:  # e.g. no lambda:GetFunctionConcurrency: not known
+        logger.debug("cannot read the reserved concurrency of %s: %s", function, exc)
+    try:
+        if account:
+            answer = await control.get_account_settings()
+            value = answer.get("AccountLimit", {}).get("UnreservedConcurrentExecutions")
+            unreserved = None if value is None else int(value)
+    except Exception as exc:  # e.g. no lambda:GetAccountSettings
+        logger.debug("cannot read the account's concurrency: %s", exc)
+    return Limits(reserved, unreserved)
 
 
 @dataclass
@@ -43,6 +106,7 @@ class _Pending:
     future: asyncio.Future
     deadline: float
     claimed: bool = False
+    heads: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -66,10 +130,12 @@ class TriggerDispatcher:
         Seconds a notification may take to start the function.
     function, deploy
         The function's name and its ``dask-lambda deploy`` command, for messages.
+    limit
+        Most jobs out at once (what the function may run at once), or ``None``.
     """
 
     def __init__(self, s3: Any, layout: protocol.Layout, *, signing_key: bytes, timeout: float,
-                 grace: float, function: str, deploy: str):
+                 grace: float, function: str, deploy: str, limit: int | None = None):
         self.s3 = s3
         self.layout = layout
         self.signing_key = signing_key
@@ -77,12 +143,20 @@ class TriggerDispatcher:
         self.grace = grace
         self.function = function
         self.deploy = deploy
+        self.limit = limit
         self.done_prefix = layout.done_prefix
         self._pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task | None = None
-        #: LIST requests made by the poller.
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        #: LIST requests made by the poller; those not yet counted in a response's stats.
         self.polls = 0
+        self._unbilled_polls = 0
+
+    @property
+    def start_within(self) -> float:
+        """Seconds after its job object is written within which a job must start."""
+        return self.grace - min(START_MARGIN, self.grace / 4)
 
     def trigger_job_key(self, result_key: str) -> str:
         """The job key whose result key (`protocol.result_key_for_job`) is beside ``result_key``."""
@@ -91,17 +165,21 @@ class TriggerDispatcher:
 
     async def run(self, event: dict) -> dict:
         """Write the event's job as a trigger job object; return the handler's response."""
+        if self._slots is None:
+            return await self._run(event)
+        async with self._slots:
+            return await self._run(event)
+
+    async def _run(self, event: dict) -> dict:
         job_key = self.trigger_job_key(event["result_key"])
         result_key = protocol.result_key_for_job(job_key)
         claim_key, done_key = trigger.state_keys(result_key)
         loop = asyncio.get_running_loop()
-        pending = _Pending(job_key, claim_key, loop.create_future(),
-                           time.monotonic() + self.grace)
+        pending = _Pending(job_key, claim_key, loop.create_future(), float("inf"))
         self._pending[done_key] = pending
-        if self._poller is None:
-            self._poller = asyncio.ensure_future(self._poll())
-        self._wake.set()
-        options = {"max_output": event["max_output"]} if "max_output" in event else {}
+        options: dict = {"start_within": round(self.start_within, 3)}
+        if "max_output" in event:
+            options["max_output"] = event["max_output"]
         meta = {"dask-lambda-options": json.dumps(options)}
         try:
             if event.get("job") is not None:
@@ -112,9 +190,20 @@ class TriggerDispatcher:
                     Bucket=self.layout.bucket, Key=job_key, Metadata=meta,
                     MetadataDirective="REPLACE",
                     CopySource={"Bucket": self.layout.bucket, "Key": event["job_key"]})
-            return await pending.future
+            # the grace runs from when the object exists, as the handler's start_within does
+            pending.deadline = time.monotonic() + self.grace
+            if self._poller is None:
+                self._poller = asyncio.ensure_future(self._poll())
+            self._wake.set()
+            response = await pending.future
         finally:
             self._pending.pop(done_key, None)
+        stats = response.setdefault("stats", {})
+        # the job's PUT or COPY; the record's GET and the claim's HEADs; LISTs not yet counted
+        stats["s3_puts"] = stats.get("s3_puts", 0) + 1 + self._unbilled_polls
+        stats["s3_gets"] = stats.get("s3_gets", 0) + 1 + pending.heads
+        self._unbilled_polls = 0
+        return response
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -152,6 +241,7 @@ class TriggerDispatcher:
         paginator = self.s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.layout.bucket, Prefix=self.done_prefix):
             self.polls += 1
+            self._unbilled_polls += 1
             keys.extend(o["Key"] for o in page.get("Contents", ()))
         hits = [k for k in keys if k in self._pending]
         garbage = keys + [self._pending[k].job_key for k in hits]
@@ -197,6 +287,7 @@ class TriggerDispatcher:
         return record["response"]
 
     async def _check_claim(self, pending: _Pending) -> None:
+        pending.heads += 1
         try:
             head = await self.s3.head_object(Bucket=self.layout.bucket, Key=pending.claim_key)
         except Exception as exc:
@@ -204,10 +295,12 @@ class TriggerDispatcher:
                 raise
             pending.future.set_exception(HandlerCrashedError(
                 f"no S3 notification started the function {self.function!r} for job "
-                f"s3://{self.layout.bucket}/{pending.job_key} within {self.grace:.0f} s. "
-                "Notifications are usually delivered in seconds; if this keeps happening, "
-                f"check the bucket's trigger (`{self.deploy} --trigger`) and the function's "
-                "log, or raise lambda.aws.notification-grace."))
+                f"s3://{self.layout.bucket}/{pending.job_key} within {self.grace:.0f} s (the "
+                f"function refuses that job object now; a new attempt is sent). Notifications "
+                "are usually delivered in seconds; if this keeps happening, check the bucket's "
+                f"trigger (`{self.deploy} --trigger`), the function's log and its Throttles "
+                "metric (other functions may use the account's concurrency), or raise "
+                "lambda.aws.notification-grace."))
             return
         date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         server_now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()

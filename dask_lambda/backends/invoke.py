@@ -5,11 +5,12 @@ simulated Lambda endpoint in another process), so that what the simulator measur
 is the client's real invoke path. Invokes go through :mod:`.lambda_api` (``direct``)
 or through an aiobotocore Lambda client (``sdk``: used where a proxy applies).
 
-An invoke is never re-sent: only connection failures where nothing was sent are
-retried here, a few times with backoff. A 429 is `LambdaThrottledError` (the executor
-backs off); an answer that leaves unknown whether the task ran is
-`HandlerCrashedError` (the executor retries under a new attempt key, so a late run can
-never overwrite an accepted output).
+An invoke is never re-sent once it may have run: only connection failures where nothing
+was sent are retried here, a few times with backoff, and an invoke refused for expired
+credentials once, with credentials fetched again. What every other answer means is
+:mod:`dask_lambda.failures`'s: a 429 is `LambdaThrottledError` (the executor backs off); an
+answer that leaves unknown whether the task ran is `HandlerCrashedError` (the executor
+retries under a new attempt key, so a late run can never overwrite an accepted output).
 """
 
 from __future__ import annotations
@@ -22,14 +23,9 @@ from typing import Any
 
 from dask_lambda_handler.s3errors import error_code as error_code_of
 
-from ..errors import (
-    FunctionError,
-    HandlerCrashedError,
-    LambdaThrottledError,
-    PermissionDeniedError,
-)
-from .aws_errors import invoke_error
-from .lambda_api import ConnectionLost, LambdaInvoker, NothingSent, ReadTimeout, error_code
+from .. import failures
+from ..errors import HandlerCrashedError
+from .lambda_api import ConnectionLost, LambdaInvoker, NothingSent, ReadTimeout, error_fields
 
 #: Attempts to connect when nothing could be sent (backing off 0.5, 1, 2, 4, 8 s).
 CONNECT_RETRIES = 5
@@ -57,7 +53,15 @@ class FunctionInvoker:
         What to do when the function is gone (e.g. the deploy command).
     on_sent
         Called for each invocation that may have run (not the ones Lambda refused).
+
+    Attributes
+    ----------
+    reserved_concurrency
+        The function's reserved concurrency where the backend has read it (for the advice
+        of a 429), else ``None``.
     """
+
+    reserved_concurrency: int | None = None
 
     def __init__(self, function: str, where: str, *, direct: LambdaInvoker | None = None,
                  sdk: Any = None, memory: int, timeout: float, read_timeout: float,
@@ -87,18 +91,29 @@ class FunctionInvoker:
             self.direct.pool.set_limit(connections)
 
     async def invoke(self, event: dict) -> dict:
-        """Run ``event`` and return the handler's response (a dict)."""
+        """Run ``event`` and return the handler's response (a dict).
+
+        What the log tail's ``REPORT`` line says goes into the response's ``stats``:
+        ``billed_ms`` (what Lambda billed, the INIT phase of a cold start included),
+        ``max_memory_mb`` and ``init_ms``.
+        """
         body, function_error, log, request_id = await self.send(json.dumps(event).encode())
+        text = base64.b64decode(log).decode("utf-8", "replace") if log else ""
         if function_error:
             try:
                 err = json.loads(body)
             except ValueError:
                 err = {"errorType": "Unhandled", "errorMessage": body[:1000].decode("replace")}
-            text = base64.b64decode(log or b"").decode("utf-8", "replace")
-            raise invoke_error(err if isinstance(err, dict) else {"errorMessage": str(err)},
-                               text, request_id=request_id, memory=self.memory,
-                               timeout=self.timeout, fix=self.fix)
-        return json.loads(body)
+            raise failures.function_error(
+                err if isinstance(err, dict) else {"errorMessage": str(err)}, text,
+                request_id=request_id, memory=self.memory, timeout=self.timeout, fix=self.fix)
+        response = json.loads(body)
+        report = failures.parse_report(text)
+        if isinstance(response, dict) and report.billed_ms is not None:
+            stats = response.setdefault("stats", {})
+            stats.update(billed_ms=report.billed_ms, max_memory_mb=report.max_memory_mb,
+                         init_ms=report.init_ms)
+        return response
 
     async def send(self, payload: bytes, *, count: bool = True) -> tuple[bytes, str, str, str]:
         """Invoke once: (body, function error, log tail in base64, request id).
@@ -130,9 +145,15 @@ class FunctionInvoker:
     async def _send_direct(self, payload: bytes) -> tuple[bytes, str, str, str]:
         assert self.direct is not None
         resp = await self.direct.invoke(payload)
+        if resp.status == 403 and error_fields(resp)[0] == "ExpiredTokenException":
+            # refused, so nothing ran: once more with credentials fetched again (botocore
+            # renews temporary credentials before they expire; a clock that runs late does not)
+            self.direct.forget_credentials()
+            resp = await self.direct.invoke(payload)
         if not 200 <= resp.status < 300:
-            code, message = error_code(resp)
-            raise self.api_error(code, resp.status, f"{message} (HTTP {resp.status})")
+            code, message, body = error_fields(resp)
+            raise self.api_error(code, resp.status, f"{message} (HTTP {resp.status})",
+                                 body=body, headers=resp.headers)
         headers = resp.headers
         return (resp.body, headers.get("x-amz-function-error", ""),
                 headers.get("x-amz-log-result", ""), headers.get("x-amzn-requestid", "?"))
@@ -156,9 +177,12 @@ class FunctionInvoker:
         except ConnectionClosedError as exc:
             raise ConnectionLost(str(exc)) from None
         except Exception as exc:
-            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
-                "HTTPStatusCode", 0)
-            raise self.api_error(error_code_of(exc), int(status), str(exc)) from None
+            answer = getattr(exc, "response", None)
+            answer = answer if isinstance(answer, dict) else {}
+            meta = answer.get("ResponseMetadata", {})
+            raise self.api_error(error_code_of(exc), int(meta.get("HTTPStatusCode", 0)),
+                                 str(exc), body=answer,
+                                 headers=meta.get("HTTPHeaders") or {}) from None
         try:
             body = await resp["Payload"].read()
         except Exception as exc:  # the answer began: the task may have run
@@ -170,17 +194,37 @@ class FunctionInvoker:
         if count:
             self.on_sent()
 
-    def api_error(self, code: str, status: int, text: str) -> Exception:
-        """The typed error for an invoke the Lambda API refused (``code``, HTTP ``status``)."""
-        if code == "TooManyRequestsException" or status == 429:
-            return LambdaThrottledError(f"Rate Exceeded ({code or 429}): {text}")
-        if code == "ResourceNotFoundException":
-            return FunctionError(f"the Lambda function {self.function!r} is gone: "
-                                 f"{self.redeploy}", code)
-        if code in ("AccessDeniedException", "AccessDenied") or status == 403:
-            return PermissionDeniedError(
-                f"AWS refused lambda:InvokeFunction on {self.function!r} ({code}): allow it for "
-                "your credentials (see README, Run on AWS)")
-        if status >= 500:  # unknown whether it ran: a new attempt writes its own result
-            return HandlerCrashedError(f"Lambda answered {code or status}: {text}")
-        return FunctionError(f"{code}: {text}", code or "Unhandled")
+    def api_error(self, code: str, status: int, text: str, *, body: dict | None = None,
+                  headers: dict | None = None) -> Exception:
+        """The typed error for an invoke the Lambda API refused (``code``, HTTP ``status``;
+        ``body`` and ``headers`` of the answer: a 429's ``Reason`` and ``Retry-After``, the
+        server's ``Date``)."""
+        return failures.api_error(
+            code, status, text, function=self.function, redeploy=self.redeploy,
+            reason=str((body or {}).get("Reason") or ""),
+            retry_after=_retry_after(body or {}, headers or {}),
+            reserved=self.reserved_concurrency, clock_skew=_clock_skew(headers or {}))
+
+
+def _retry_after(body: dict, headers: dict) -> float | None:
+    """A 429's ``retryAfterSeconds``: botocore's model reads it from the ``Retry-After`` header
+    (some emulators put it in the body)."""
+    for value in ({k.lower(): v for k, v in headers.items()}.get("retry-after"),
+                  body.get("retryAfterSeconds")):
+        try:
+            return max(0.0, float(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _clock_skew(headers: dict) -> float | None:
+    """Seconds this machine's clock is ahead of the server's, from the answer's ``Date``."""
+    import email.utils
+    import time
+
+    date = {k.lower(): v for k, v in headers.items()}.get("date")
+    try:
+        return time.time() - email.utils.parsedate_to_datetime(str(date)).timestamp()
+    except (TypeError, ValueError):
+        return None

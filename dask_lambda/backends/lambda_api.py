@@ -20,14 +20,23 @@ An invoke is never re-sent here. What a failure means for the task:
     the request went out and no complete answer came back: the task may have run;
 `ReadTimeout`
     no answer within the read timeout (the function timeout plus a margin).
+
+A synchronous invoke's connection is silent for as long as the function runs (up to 900 s),
+and NAT gateways, VPC endpoints and load balancers drop TCP flows idle for 350 s (AWS
+Knowledge Center, "How do I prevent my Lambda function connected to a VPC from timing
+out?": turn on TCP keepalive with a value under 350 s). Every connection here sends keepalive
+probes after `KEEPALIVE_IDLE` seconds of silence (`keepalive`, also used by the sdk path).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
+import platform
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +53,39 @@ _HEAD_LIMIT = 64 * 1024
 #: Request bodies above this many bytes wait for the socket's buffer (flow control).
 _DRAIN_ABOVE = 64 * 1024
 _INVOKE_HEADERS = {"x-amz-invocation-type": "RequestResponse", "x-amz-log-type": "Tail"}
+#: Seconds of silence before the first keepalive probe, then seconds between probes, and
+#: unanswered probes before the connection counts as dead: traffic at least every minute, well
+#: under the 350 s after which NAT gateways and load balancers forget an idle flow.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_PROBES = 4
+
+
+def keepalive(sock: Any) -> None:
+    """Turn on TCP keepalive on ``sock`` (a socket, or asyncio's view of a transport's one)
+    with `KEEPALIVE_IDLE` (Linux, macOS, Windows 10+).
+
+    The idle time is ``TCP_KEEPIDLE`` on Linux and ``TCP_KEEPALIVE`` on macOS (the same
+    option under Darwin's name); ``TCP_KEEPINTVL`` and ``TCP_KEEPCNT`` are named alike on
+    both. Without the idle time the system's default applies (two hours on Linux and macOS).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = getattr(socket, "TCP_KEEPIDLE", None)
+    if idle is None:
+        idle = getattr(socket, "TCP_KEEPALIVE", None)  # macOS
+    for option, value in ((idle, KEEPALIVE_IDLE),
+                          (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+                          (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES)):
+        if option is not None:
+            with contextlib.suppress(OSError):  # an old kernel without the option
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def user_agent() -> str:
+    """The User-Agent of dask-lambda's requests: ``dask-lambda/<version> Python/<x.y.z> <OS>``."""
+    from .. import __version__
+
+    return f"dask-lambda/{__version__} Python/{platform.python_version()} {platform.system()}"
 
 
 class TransportError(Exception):
@@ -202,7 +244,7 @@ class HttpPool:
             if self.ssl_context is not None:
                 opened: Any = _open_tls(self.hostname, self.port, self.ssl_context)
             else:
-                opened = asyncio.open_connection(self.hostname, self.port, limit=_HEAD_LIMIT)
+                opened = _open_plain(self.hostname, self.port)
             reader, writer = await asyncio.wait_for(opened, self.connect_timeout)
         except ssl.SSLCertVerificationError:
             raise
@@ -435,6 +477,13 @@ def _handshakes() -> ThreadPoolExecutor:
     return _HANDSHAKE_THREADS
 
 
+async def _open_plain(host: str, port: int
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port, limit=_HEAD_LIMIT)
+    keepalive(writer.get_extra_info("socket"))
+    return reader, writer
+
+
 async def _open_tls(host: str, port: int, context: ssl.SSLContext
                     ) -> tuple[asyncio.StreamReader, _TLSConnection]:
     """Like ``asyncio.open_connection(host, port, ssl=context)``, on a `_TLSConnection`."""
@@ -443,6 +492,7 @@ async def _open_tls(host: str, port: int, context: ssl.SSLContext
     connection = _TLSConnection(context, host, reader)
     transport, _ = await loop.create_connection(lambda: connection, host, port)
     try:
+        keepalive(transport.get_extra_info("socket"))
         await connection.handshake()
     except BaseException:
         transport.close()
@@ -452,16 +502,22 @@ async def _open_tls(host: str, port: int, context: ssl.SSLContext
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
     """One HTTP/1.1 response; also whether the connection may be reused."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, status, _ = (lines[0].split(" ", 2) + [""])[:3]
+    while True:  # skip interim answers (100 Continue, 103 Early Hints): the final one follows
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        version, code, _ = (lines[0].split(" ", 2) + [""])[:3]
+        status = int(code)
+        if not 100 <= status < 200 or status == 101:
+            break
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
     keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    if "content-length" in headers:
+    if status < 200 or status in (204, 304):  # never a body (RFC 9112, 6.3), whatever the headers
+        body, keep = b"", keep and status != 101
+    elif "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding", "").lower() == "chunked":
         chunks = []
@@ -474,7 +530,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
         await _skip_trailers(reader, chunks[-1])
     else:  # delimited by the end of the connection
         body, keep = await reader.read(), False
-    return Response(int(status), headers, body), keep
+    return Response(status, headers, body), keep
 
 
 async def _skip_trailers(reader: asyncio.StreamReader, last: bytes) -> None:
@@ -522,6 +578,7 @@ class LambdaInvoker:
         self._credentials = credentials
         self._frozen: Credentials | None = None
         self._fetched = 0.0
+        self.user_agent = user_agent()
 
     async def _current_credentials(self) -> Credentials:
         now = time.monotonic()
@@ -541,15 +598,21 @@ class LambdaInvoker:
         credentials = await self._current_credentials()
         headers = self.signer.sign("POST", self.pool.host, self.pool.base_path + self.path,
                                    _INVOKE_HEADERS, payload, credentials, time.time())
+        headers["user-agent"] = self.user_agent  # not signed, as botocore does not sign it
         return await self.pool.request("POST", self.path, headers, payload, self.read_timeout)
+
+    def forget_credentials(self) -> None:
+        """Fetch the credentials again before the next invoke (Lambda found them expired)."""
+        self._frozen = None
 
     async def close(self) -> None:
         await self.pool.close()
 
 
-def error_code(response: Response) -> tuple[str, str]:
-    """The AWS error code and message of a failed API call, as botocore's rest-json parser
-    reads them (``x-amzn-ErrorType`` header, else the body's ``__type``/``code``)."""
+def error_fields(response: Response) -> tuple[str, str, dict]:
+    """The AWS error code, message and JSON body of a failed API call, as botocore's
+    rest-json parser reads them (``x-amzn-ErrorType`` header, else the body's
+    ``__type``/``code``)."""
     import json
 
     try:
@@ -564,7 +627,7 @@ def error_code(response: Response) -> tuple[str, str]:
     code = code.rsplit("#", 1)[-1]
     message = str(body.get("message") or body.get("Message") or response.body[:300]
                   .decode("utf-8", "replace"))
-    return code, message
+    return code, message, body
 
 
 def raise_open_files_limit(connections: int) -> None:

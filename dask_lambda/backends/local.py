@@ -37,6 +37,7 @@ from typing import Any
 from dask_lambda_handler import protocol
 from dask_lambda_handler.client_paths import CLIENT_DIRS_ENV
 
+from .. import limits
 from ..errors import (
     ConfigurationError,
     FunctionError,
@@ -417,7 +418,8 @@ class LocalBackend(LocalS3Backend):
                 raise LambdaTimeoutError(
                     f"Task timed out after {timeout:.2f} seconds (request {request_id}). Raise "
                     "the function timeout, e.g. LambdaClient(..., "
-                    f"timeout={int(min(900, timeout * 2))}) or DASK_LAMBDA__TIMEOUT, or split "
+                    f"function_timeout={int(min(limits.MAX_TIMEOUT_S, timeout * 2))}) or "
+                    "DASK_LAMBDA__TIMEOUT, or split "
                     "the task into smaller ones.") from None
             except _Died:
                 code = await env.returncode()

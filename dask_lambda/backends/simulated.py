@@ -304,7 +304,8 @@ class SimulatedBackend(LocalS3Backend):
         self._invoker = FunctionInvoker(
             self.FUNCTION, "the simulated Lambda", direct=direct, memory=settings.memory,
             timeout=settings.timeout, read_timeout=read_timeout,
-            fix=lambda option, value: f"LambdaClient(..., {option}={value})",
+            fix=lambda option, value: "LambdaClient(..., {}={})".format(
+                "function_timeout" if option == "timeout" else option, value),
             redeploy="start a new client", on_sent=self._count_invocation)
 
     def _count_invocation(self) -> None:

@@ -274,8 +274,18 @@ def _retry_role(call: Any) -> Any:
 
 
 def set_retries(lam: Any, function: str) -> None:
-    """No Lambda retries of asynchronous (S3-triggered) invocations: the client retries."""
-    lam.put_function_event_invoke_config(FunctionName=function, MaximumRetryAttempts=0)
+    """No Lambda retries of asynchronous (S3-triggered) invocations: the client retries.
+
+    Lambda also keeps the events it cannot run yet (throttled) and retries them for up to
+    MaximumEventAgeInSeconds (default 6 hours; 60-21,600): by the notification grace the
+    client has sent the job again, so older events are dropped (the handler would refuse
+    their jobs anyway).
+    """
+    from .. import settings
+
+    grace = float(settings.read("notification_grace"))
+    lam.put_function_event_invoke_config(FunctionName=function, MaximumRetryAttempts=0,
+                                         MaximumEventAgeInSeconds=int(min(21600, max(60, grace))))
 
 
 def set_s3_permission(lam: Any, function: str, bucket: str, prefix: str, account: str,
