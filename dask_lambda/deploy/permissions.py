@@ -100,12 +100,16 @@ def user_policy(bucket: str, prefix: str, function: str, region: str, account: s
     statements: list[dict] = [
         {"Sid": "Function", "Effect": "Allow",
          "Resource": f"arn:aws:lambda:{region}:{account}:function:{function}",
-         "Action": ["lambda:GetFunctionConfiguration", "lambda:InvokeFunction"]},
+         "Action": ["lambda:GetFunctionConfiguration", "lambda:GetFunctionConcurrency",
+                    "lambda:InvokeFunction"]},
         {"Sid": "Bucket", "Effect": "Allow", "Resource": b,
          "Action": ["s3:ListBucket", *(["s3:GetBucketNotification"] if trigger else [])]},
         {"Sid": "Objects", "Effect": "Allow", "Resource": objects, "Action": [
             "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]},
     ]
+    if trigger:  # trigger mode holds jobs to what the account may run at once
+        statements.append({"Sid": "Account", "Effect": "Allow", "Resource": "*",
+                           "Action": "lambda:GetAccountSettings"})
     if kms_key_arn:
         statements.append({"Sid": "BucketKmsKey", "Effect": "Allow", "Resource": kms_key_arn,
                            "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Condition": {
