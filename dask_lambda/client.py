@@ -60,7 +60,6 @@ class LambdaClient(Client):
         _refuse_unknown(kwargs)
         # Every setting is checked before anything is made.
         settings = Settings.from_arguments(bucket, **settings_args)
-        self.batching = settings.batching
         cluster = LambdaCluster(settings=settings, local_faults=local_faults,
                                 asynchronous=asynchronous, loop=kwargs.pop("loop", None))
         try:
@@ -78,6 +77,19 @@ class LambdaClient(Client):
             if error is None:
                 raise
             raise error from exc
+
+    @property
+    def batching(self) -> bool:
+        """Whether chains and small subtrees of short tasks run in one invocation; set it to
+        turn batching on or off for the graphs submitted from then on."""
+        return bool(self.cluster.batching)
+
+    @batching.setter
+    def batching(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise SettingTypeError(f"batching must be True or False, not {value!r}: e.g. "
+                                   "client.batching = False")
+        self.cluster.batching = value
 
     async def _close(self, fast: bool = False) -> None:
         try:

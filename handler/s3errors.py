@@ -50,19 +50,14 @@ def layout_prefixes(key: str) -> tuple[str, str]:
     >>> layout_prefixes("runs/0123.json")
     ('', 'runs/')
     """
-    try:
-        run = protocol.run_of(key)
-    except protocol.PayloadError:
-        run = None
-    if run is not None:
-        for kind in (protocol.JOBS, protocol.RESULTS):
-            head, sep, _ = key.rpartition(f"{kind}/{run}/")
-            if sep and (not head or head.endswith("/")):
-                return head, f"{head}{kind}/"
     parts = key.split("/")
-    if len(parts) >= 2 and parts[-2] == protocol.RUNS:
+    if len(parts) >= 2 and parts[-2] == protocol.RUNS:  # a run's marker: P/runs/<run>.json
         user = "".join(p + "/" for p in parts[:-2])
         return user, f"{user}{protocol.RUNS}/"
+    for depth in range(len(parts) - 3, -1, -1):  # the last kind with a run and a name after it
+        if parts[depth] in (protocol.JOBS, protocol.RESULTS):
+            user = "".join(p + "/" for p in parts[:depth])
+            return user, f"{user}{parts[depth]}/"
     folder = "".join(p + "/" for p in parts[:-1])
     return folder, folder
 

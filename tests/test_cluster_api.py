@@ -63,9 +63,13 @@ def test_scale_sets_how_many_tasks_run_at_once(cluster, client, caplog):
     try:
         cluster.scale(4)
         assert cluster.settings.concurrency == 4 and _threads(client) == 4
-        assert client.gather(client.submit(lambda: 1)) == 1
-        (worker,) = client.scheduler_info()["workers"].values()
-        assert worker["metrics"]["lambda_concurrency"] == 4  # on the dashboard's worker table
+        deadline = time.monotonic() + 30  # (metrics come with the worker's next heartbeat)
+        while True:  # on the dashboard's worker table
+            (worker,) = client.scheduler_info()["workers"].values()
+            if worker["metrics"]["lambda_concurrency"] == 4:
+                break
+            assert time.monotonic() < deadline, worker["metrics"]
+            time.sleep(0.2)
         # four environments started (cold starts would blur the count below)
         client.gather(client.map(_window, [3.0] * 4, pure=False))
         windows = client.gather(client.map(_window, [1.5] * 8, pure=False))

@@ -14,6 +14,7 @@ import pytest
 from dask_lambda_handler.runner import NotAvailableInLambda
 from distributed import get_worker
 
+from dask_lambda import LambdaClient
 from dask_lambda.errors import (
     HandlerCrashedError,
     LambdaOutOfMemoryError,
@@ -160,15 +161,19 @@ def test_timeout_names_the_setting_and_the_task_and_environment_is_replaced(clie
     assert client.submit(lambda: 42).result() == 42
 
 
-def test_out_of_memory_names_the_setting(client):
+def test_out_of_memory_names_the_setting(s3_endpoint):
     def hog():
         block = np.ones(2_000_000_000 // 8)  # 2 GB, touched: more than the 700 MB function
         return float(block.sum())
 
-    t0 = time.monotonic()
-    with pytest.raises(LambdaOutOfMemoryError) as info:
-        client.submit(hog, key="hog").result()
-    assert time.monotonic() - t0 < 30
+    # a timeout the allocation cannot reach first, even on a loaded machine
+    with LambdaClient("s3://t-errors-oom/run", local_s3_endpoint=s3_endpoint, memory=700,
+                      function_timeout=120, retries=1, concurrency=1,
+                      dashboard_address=None) as client:
+        t0 = time.monotonic()
+        with pytest.raises(LambdaOutOfMemoryError) as info:
+            client.submit(hog, key="hog").result()
+        assert time.monotonic() - t0 < 60
     message = str(info.value)
     assert message.startswith("task 'hog': Runtime exited: out of memory. The task used ")
     assert "more than the function's 700 MB" in message
