@@ -336,8 +336,9 @@ class LambdaExecutor(_AsyncExecutor):
         self._module_files: dict[str, tuple[int, tuple[str, bytes] | None]] = {}
         #: Files already in S3 for this run, by content hash.
         self._shipped: dict[str, str] = {}
-        #: Uploads of values held here, by key, under way (`share`).
+        #: Uploads of values held here, by key, under way (`share`); the S3 keys of those done.
         self._sharing: dict[Any, asyncio.Future] = {}
+        self._shared_keys: set[str] = set()
         #: Keys whose output could not be read by a gather: (times, last error).
         self._unreadable: dict[Any, tuple[int, BaseException]] = {}
         #: The gateway worker, once it has started (`dask_lambda.gateway.GatewayWorker`).
@@ -681,7 +682,11 @@ class LambdaExecutor(_AsyncExecutor):
         out = data
         worker_tasks = self.worker.state.tasks if self.worker is not None else {}
         for dep, value in data.items():
-            if isinstance(value, protocol.ObjectRef) or value is None:
+            if isinstance(value, protocol.ObjectRef):
+                if value.key in self._shared_keys:  # shared before: this job reads it too
+                    self.stats.shared_bytes_saved += value.nbytes
+                continue
+            if value is None:
                 continue
             ts = worker_tasks.get(dep)
             size = ts.nbytes if ts is not None and ts.nbytes is not None else sizeof(value)
@@ -735,6 +740,7 @@ class LambdaExecutor(_AsyncExecutor):
         self.stats.shared_values += 1
         self.stats.shared_bytes += nbytes
         self.stats.shared_bytes_saved -= nbytes  # the first reader's copy was sent after all
+        self._shared_keys.add(object_key)
         return protocol.ObjectRef(self.layout.bucket, object_key, nbytes, sizeof(value),
                                   protocol.type_name(value))
 
@@ -774,6 +780,7 @@ class LambdaExecutor(_AsyncExecutor):
 
     def release(self, ref: protocol.ObjectRef) -> None:
         """The scheduler released the key holding ``ref``: its object can go."""
+        self._shared_keys.discard(ref.key)
         self._garbage.append(ref.key)
 
     # -- results in the worker's format (see distributed.worker._run_task_simple) ----------------

@@ -28,7 +28,8 @@ AccessDenied for 403; and an ``x-amz-bucket-region`` header if ``region`` is giv
 the first ``times`` requests (default: all) for each selected key; ``lose``
 really deletes a selected object just before its first GET.  A key is
 selected when a hash of (seed, key) falls under ``share`` (default 1), so
-runs are reproducible.  ``GET /__faults__`` returns how often each rule fired.
+runs are reproducible.  ``GET /__faults__`` returns how often each rule fired, and
+``GET /__requests__`` how many requests each (method, bucket/key) had.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class FaultInjector:
         self.rules = plan.get("rules", [])
         self.seen: Counter = Counter()
         self.fired: Counter = Counter()
+        #: Requests by method and key (``GET /__requests__``): what tests count.
+        self.requests: Counter = Counter()
         self.lock = threading.Lock()
 
     def _selected(self, rule: dict, key: str) -> bool:
@@ -171,11 +174,14 @@ class FaultInjector:
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         method = environ["REQUEST_METHOD"]
         path = unquote(environ.get("PATH_INFO", ""))
-        if path == "/__faults__":
-            body = json.dumps({str(i): n for i, n in self.fired.items()}).encode()
+        if path in ("/__faults__", "/__requests__"):
+            answer = ({str(i): n for i, n in self.fired.items()} if path == "/__faults__" else
+                      [[m, k, n] for (m, k), n in self.requests.items()])
             start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
+            return [json.dumps(answer).encode()]
         bucket, _, key = path.lstrip("/").partition("/")
+        with self.lock:
+            self.requests[(method, f"{bucket}/{key}")] += 1
         for number, rule in enumerate(self.rules):
             if "bucket" in rule and rule["bucket"] != bucket:
                 continue
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     app: Callable = DomainDispatcherApplication(create_backend_app)
     if args.faults:
         app = FaultInjector(app, json.loads(args.faults))
-    app = SignatureCheck(app, credentials, exempt=("/__faults__",) if args.faults else ())
+    exempt = ("/__faults__", "/__requests__") if args.faults else ()
+    app = SignatureCheck(app, credentials, exempt=exempt)
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
