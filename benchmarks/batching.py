@@ -104,7 +104,7 @@ def make_client(backend: str, args: argparse.Namespace) -> Any:
 
 
 def run_once(client: Any, graph: Any, mode: str, expected: Any) -> dict[str, float]:
-    executor = client.cluster.executor
+    executor = client.cluster.executor.dispatch
     client.batching = mode != "off"
     if mode == "cold":
         executor.durations.clear()

@@ -190,7 +190,7 @@ def run_one(mode: str, args: argparse.Namespace, result_path: str) -> dict:
         out["peak_mb_started"] = _peak_mb()
         stats = client.lambda_stats()
 
-        invocations = client.cluster.executor.invocations
+        invocations = client.cluster.executor.dispatch.invocations
         aliases: set = set()
 
         def stage(name: str, fn: Any) -> Any:
@@ -243,7 +243,7 @@ def run_one(mode: str, args: argparse.Namespace, result_path: str) -> dict:
         del per_id
         out["lambda_stats"] = client.lambda_stats()
         done = list(invocations)
-        inline_max = client.cluster.executor.inline_max
+        inline_max = client.cluster.executor.dispatch.inline_max
         out["inline_outputs"] = sum(i["nbytes"] <= inline_max for i in done)
         out["inline_output_bytes"] = sum(i["nbytes"] for i in done if i["nbytes"] <= inline_max)
         out["handler_peak_rss_mb"] = max((i.get("peak_rss_mb") or 0 for i in done), default=0)

@@ -211,7 +211,7 @@ def sleeper(latency: tuple[float, float], cold_start: tuple[float, float],
     Its ``counters`` are in the simulated Lambda's terms."""
     import random
 
-    from dask_lambda.executor import _AsyncExecutor
+    from dask_lambda.gateway.executor import _AsyncExecutor
 
     class Sleeper(_AsyncExecutor):
         def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
 Built on ``distributed.deploy.SpecCluster``: the scheduler and the gateway
 worker run in this process (as ``LocalCluster(processes=False)``); the
-worker's executor is a :class:`~dask_lambda.executor.LambdaExecutor`.
+worker's executor is a :class:`~dask_lambda.gateway.LambdaExecutor`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from .batching import BatchSettings
 from .cost import CostMeter
 from .deploy.names import bucket_url
 from .errors import ConfigurationError
-from .executor import LambdaExecutor, LocalTaskExecutor, gateway_metrics
-from .gateway import GatewayScheduler, GatewayWorker
+from .gateway import (
+    GatewayScheduler,
+    GatewayWorker,
+    LambdaExecutor,
+    LocalTaskExecutor,
+    gateway_metrics,
+)
 from .settings import NOT_GIVEN, Settings, parse_bucket  # noqa: F401  (parse_bucket: cli's)
 from .store import S3Store
 from .while_open import EnvironmentLayers, WhileAnyOpen
@@ -261,7 +266,7 @@ class LambdaCluster(SpecCluster):
         if self.executor is None or concurrency == self.settings.concurrency:
             return
         self.settings = dataclasses.replace(self.settings, concurrency=concurrency)
-        self.executor.governor.set_concurrency(concurrency)
+        self.executor.dispatch.governor.set_concurrency(concurrency)
         await self.backend.set_concurrency(concurrency)
         spec = self.worker_spec.get(GATEWAY)
         if spec is not None:

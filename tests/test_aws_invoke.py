@@ -145,7 +145,7 @@ def test_the_handlers_s3_pool_holds_all_of_its_parallel_reads():
 
 
 def test_no_inline_payload_passes_lambdas_6_mb_whatever_inline_max_allows(client):
-    executor = client.cluster.executor
+    executor = client.cluster.executor.dispatch
     allowed, executor.inline_max = executor.inline_max, 10_000_000
     try:
         before = client.lambda_stats()

@@ -108,7 +108,7 @@ def test_cost_budget_stops_dispatching(s3_endpoint):
         with pytest.raises(BudgetExceededError) as info:
             client.gather(client.map(lambda i: i, range(100)))
         report = client.cost_report()
-        longest = max(i["duration_s"] for i in client.cluster.executor.invocations)
+        longest = max(i["duration_s"] for i in client.cluster.executor.dispatch.invocations)
     assert 1 <= report["invocations"] < 100
     # The projection uses the mean invocation so far, so the one invocation running when it
     # stops (concurrency 1) can take the total past the budget by at most its own cost.

@@ -196,7 +196,7 @@ def test_chain_runs_in_one_invocation_and_tree_in_few(client):
     second = client.lambda_stats()["invocations"] - after["invocations"] - first
     assert first == 64 + 63
     assert second <= 10
-    assert set(client.cluster.executor.durations) >= {"inc", "add"}
+    assert set(client.cluster.executor.dispatch.durations) >= {"inc", "add"}
 
 
 def test_computing_the_same_collection_again_keeps_the_schedulers_plan(client):

@@ -74,15 +74,15 @@ def test_an_output_that_stays_tampered_fails_with_the_typed_error(s3_endpoint, s
         donor = client.submit(np.full, 1000, 9.0, key="donor-out")
         donor_key = _kept(client, donor)
         body = s3.get_object(Bucket=BUCKET, Key=donor_key)["Body"].read()
-        executor = client.cluster.executor
-        fetch = executor._fetch
+        outputs = client.cluster.executor.outputs
+        fetch = outputs.fetch
 
         async def tampered_fetch(ref, *, release):  # every output of "victim" is overwritten
             if "victim-out" in ref.key:
                 s3.put_object(Bucket=BUCKET, Key=ref.key, Body=body)
             return await fetch(ref, release=release)
 
-        monkeypatch.setattr(executor, "_fetch", tampered_fetch)
+        monkeypatch.setattr(outputs, "fetch", tampered_fetch)
         victim = client.submit(np.full, 1000, 1.0, key="victim-out")
         with pytest.raises(protocol.MisplacedPayloadError) as info:
             victim.result(timeout=120)
@@ -100,7 +100,7 @@ def test_an_output_replayed_from_another_attempt_is_refused(client, s3):
     ref = client.cluster.executor.data[first.key]
     replayed = protocol.ObjectRef(ref.bucket, other_attempt, ref.nbytes, ref.size, ref.type)
     with pytest.raises(protocol.MisplacedPayloadError, match="belongs to"):
-        client.sync(client.cluster.executor.load, [replayed])
+        client.sync(client.cluster.executor.outputs.load, [replayed])
     s3.delete_object(Bucket=BUCKET, Key=other_attempt)
 
 

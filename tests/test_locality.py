@@ -121,7 +121,7 @@ def test_one_gigabyte_array_passes_through_a_task_in_bounded_memory(s3_endpoint,
             out = client.submit(bump, client.submit(make)).result()
             ok = bool(out[0] == 2.0 and out[-1] == 2.0 and out.size == N)
             gateway = peak_mb() - base
-            handler = [i["peak_rss_mb"] for i in client.cluster.executor.invocations]
+            handler = [i["peak_rss_mb"] for i in client.cluster.executor.dispatch.invocations]
             stats = client.lambda_stats()
         print(json.dumps(dict(ok=ok, gateway=gateway, handler=handler, stats=stats)))
     """)
@@ -169,7 +169,7 @@ def test_aliases_of_persisted_partitions_are_not_copied_through_lambda(client):
 def test_an_object_held_by_two_keys_goes_only_with_the_last():
     from dask_lambda_handler.protocol import ObjectRef
 
-    from dask_lambda.executor import LambdaData
+    from dask_lambda.outputs import LambdaData
 
     released = []
     data = LambdaData(released.append)

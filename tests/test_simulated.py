@@ -174,7 +174,7 @@ def test_throttled_invokes_are_retried_and_the_client_settles_on_the_account_lim
                       dashboard_address=None, set_as_default=False) as client:
         results = client.gather(client.map(str, range(1000), pure=False))
         assert len(results) == 1000
-        governor = client.cluster.executor.governor
+        governor = client.cluster.executor.dispatch.governor
         assert 1 <= governor.limit < 100  # learnt from the 429s
         stats = client.lambda_stats()
     counters = backend.counters()

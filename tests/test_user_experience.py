@@ -95,10 +95,10 @@ def test_cost_estimate_equals_a_hand_computation():
 
 def test_cost_report_of_a_real_run(client):
     start = client.cost_report()
-    n0 = len(client.cluster.executor.invocations)
+    n0 = len(client.cluster.executor.dispatch.invocations)
     client.gather(client.map(lambda i: np.ones(50_000) * i, range(12), pure=False))
     report = client.cost_report()
-    runs = list(client.cluster.executor.invocations)[n0:]
+    runs = list(client.cluster.executor.dispatch.invocations)[n0:]
     assert report["invocations"] - start["invocations"] == len(runs) == 12
     ms = sum(max(1, int(np.ceil(r["duration_s"] * 1000))) for r in runs)
     assert report["billed_ms"] - start["billed_ms"] == ms

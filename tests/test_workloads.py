@@ -214,7 +214,7 @@ def test_futures_submit_map_gather_scatter_as_completed(client):
 
 
 def test_persist_then_reuse(client, x):
-    invocations = client.cluster.executor.invocations
+    invocations = client.cluster.executor.dispatch.invocations
     y = (x + 1).persist()
     wait(y)
     assert stats(client)["tasks"] >= 9  # the 9 blocks ran now, in Lambda

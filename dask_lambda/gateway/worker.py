@@ -1,8 +1,8 @@
 """The gateway worker: the one ``distributed.Worker`` of a Lambda cluster.
 
-It is a normal worker whose default executor, `~dask_lambda.executor.LambdaExecutor`, runs
-each task in Lambda, with two additions that make it answer as any cluster's workers do,
-for every client that reaches it (``Client(cluster)`` as well as `LambdaClient`):
+It is a normal worker whose default executor, `~dask_lambda.gateway.executor.LambdaExecutor`,
+runs each task in Lambda, with what makes it answer as any cluster's workers do, for every
+client that reaches it (``Client(cluster)`` as well as `LambdaClient`):
 
 * a gather gets values: outputs kept in S3 are held as `ObjectRef` s, and `get_data`
   downloads (and verifies) the ones asked for, so ``future.result()`` is the value;
@@ -10,26 +10,20 @@ for every client that reaches it (``Client(cluster)`` as well as `LambdaClient`)
   with its typed error;
 * a task the scheduler no longer wants while it runs (cancelled, or its last future
   released) is stopped: its invocation is abandoned, its concurrency slot freed, and an
-  output that arrives for it anyway is deleted at once, not at ``close()``.
+  output that arrives for it anyway is deleted at once, not at ``close()``;
+* scattered data goes to S3, ``upload_file`` ships the file with later jobs, and what would
+  only prepare this process (``client.run``, worker and nanny plugins) says what to do
+  instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-from collections.abc import Awaitable, Callable
 from time import time
 from typing import Any
 
-from dask._expr import LLGExpr
 from dask_lambda_handler import protocol
-from distributed import Scheduler, Worker
-from distributed.protocol.serialize import (
-    Serialized,
-    deserialize,
-    register_serialization_family,
-)
+from distributed import Worker
 from distributed.worker_state_machine import (
     CancelComputeEvent,
     ExecuteSuccessEvent,
@@ -37,10 +31,9 @@ from distributed.worker_state_machine import (
     RemoveReplicasEvent,
 )
 
-from . import serialize
-from .batching import BatchedExpr, BatchSettings
-from .errors import NotAvailableInLambda
-from .executor import RESOLVED, LambdaExecutor
+from ..errors import NotAvailableInLambda
+from ..outputs import RESOLVED
+from .executor import LambdaExecutor
 
 logger = logging.getLogger("dask_lambda")
 
@@ -67,7 +60,7 @@ class GatewayWorker(Worker):
         refs = {k: v for k in keys if isinstance(v := data.peek(k), protocol.ObjectRef)}
         if not refs:
             return await super().get_data(comm, keys, who, serializers)
-        values, failed = await self.lambda_executor.load_values(refs)
+        values, failed = await self.lambda_executor.outputs.load_values(refs)
         for key, exc in failed.items():
             self._unreadable(key, refs[key], exc)
         token = RESOLVED.set(values)
@@ -83,10 +76,10 @@ class GatewayWorker(Worker):
         ts = self.state.tasks.get(key)
         if ts is None or any(d.state in ("executing", "long-running") for d in ts.dependents):
             return  # a running task reads it too: it reports the loss itself
-        attempt = self.lambda_executor.unreadable(key, exc)
+        attempt = self.lambda_executor.outputs.unreadable(key, exc)
         logger.warning("dask-lambda could not read the output of %r at s3://%s/%s (%s: %s); "
                        "computing it again (%d of at most %d)", key, ref.bucket, ref.key,
-                       type(exc).__name__, exc, attempt, self.lambda_executor.retries)
+                       type(exc).__name__, exc, attempt, self.lambda_executor.outputs.retries)
         self.handle_stimulus(RemoveReplicasEvent(
             keys=[key], stimulus_id=f"dask-lambda-unreadable-{time()}"))
 
@@ -96,7 +89,7 @@ class GatewayWorker(Worker):
         object: ``broadcast=True`` needs nothing more); the worker then holds a reference."""
         result = super().update_data(data, stimulus_id)
         for key, value in data.items():
-            self.lambda_executor.share_soon(key, value)
+            self.lambda_executor.outputs.share_soon(key, value)
         return result
 
     # -- what distributed would run on its workers, here -----------------------------------
@@ -106,7 +99,7 @@ class GatewayWorker(Worker):
         """``client.upload_file(path)``: importable here (as on any worker) and shipped with
         every later job, so that tasks in Lambda import it too."""
         result = await super().upload_file(filename, data, load)
-        self.lambda_executor.upload_file(
+        self.lambda_executor.shipping.upload_file(
             filename, data.encode() if isinstance(data, str) else data)
         return result
 
@@ -136,7 +129,7 @@ class GatewayWorker(Worker):
         if isinstance(plugin, bytes):
             plugin = pickle.loads(plugin)
         kind = type(plugin).__name__
-        advice = _PLUGIN_ADVICE.get(kind)
+        advice = PLUGIN_ADVICE.get(kind)
         if kind == "_InstallWorkerPlugin" and self.lambda_executor.backend.name == "local":
             advice = None  # (PipInstall) the local backend's tasks run in this environment
         if advice is None and type(plugin).__module__.partition(".")[0] == "distributed":
@@ -159,7 +152,7 @@ class GatewayWorker(Worker):
                 value = ev.value
                 if (isinstance(value, protocol.ObjectRef)
                         and executor.data.peek(ev.key) is not value):
-                    executor.release(value)  # the worker discarded it (a cancelled task)
+                    executor.outputs.release(value)  # the worker discarded it (a cancelled task)
             elif isinstance(ev, FreeKeysEvent):
                 for key in ev.keys:
                     self._cancel_if_unwanted(key)
@@ -172,140 +165,8 @@ class GatewayWorker(Worker):
             self.lambda_executor.cancel(key)
 
 
-class _ProgressFeedClosed(logging.Filter):
-    """Drop the traceback distributed logs when a progress bar's feed ends.
-
-    ``distributed.progress(...)`` streams from the scheduler's ``feed`` handler; when the bar
-    finishes, that coroutine is cancelled mid-``sleep`` and distributed logs the
-    ``CancelledError`` at ERROR, a scary traceback after every progress bar. Nothing failed.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, asyncio.CancelledError):
-            return True
-        tb = exc.__traceback__
-        while tb is not None:
-            code = tb.tb_frame.f_code
-            if code.co_name == "feed" and "scheduler" in code.co_filename:
-                return False
-            tb = tb.tb_next
-        return True
-
-
-_FEED_FILTER = _ProgressFeedClosed()
-logging.getLogger("distributed.scheduler").addFilter(_FEED_FILTER)
-
-
-class GatewayScheduler(Scheduler):
-    """distributed's scheduler, with task batching, the gateway's own ``worker_saturation``
-    and no work stealing.
-
-    Batching: each graph a client submits (any client: ``Client(cluster)`` as well as
-    `LambdaClient`) is wrapped in a `~dask_lambda.batching.BatchedExpr` before distributed
-    materializes it, in its offload thread, when ``plan_batches()`` returns settings (it
-    returns None when batching is off).
-
-    With one gateway worker whose slots are Lambda functions, holding twice as many tasks as
-    slots lets a finished function be refilled from the worker's own queue instead of waiting
-    for the scheduler (benchmarks/README.md, scale.py: 10,000 x 1 s at 1,000 finished ~5 %
-    sooner). ``None`` keeps ``distributed.scheduler.worker-saturation``.
-
-    Work stealing moves tasks between workers; with one worker it has nothing to do, but its
-    hook runs on every transition (about 5 % of the client's CPU in a 10,000-task map).
-
-    ``dashboard_address=None`` means no dashboard; distributed's scheduler would still listen
-    on port 8787 (or another) for its HTTP routes (health, metrics), which nobody here reads.
-    """
-
-    def __init__(self, *args: Any, worker_saturation: float | None = None,
-                 plan_batches: Callable[[], BatchSettings | None] | None = None,
-                 **kwargs: Any):
-        from distributed.scheduler import DEFAULT_EXTENSIONS
-
-        self._http = kwargs.get("dashboard") is not False
-        kwargs.setdefault("extensions", {name: ext for name, ext in DEFAULT_EXTENSIONS.items()
-                                         if name != "stealing"})
-        super().__init__(*args, **kwargs)
-        if worker_saturation is not None:
-            self.WORKER_SATURATION = float(worker_saturation)
-        self.plan_batches = plan_batches
-        #: Replaces the gateway worker by a fresh one (set by the cluster).
-        self.restart_gateway: Callable[[], Awaitable[None]] | None = None
-
-    async def restart_workers(self, workers: Any = None, *, client: str | None = None,
-                              timeout: float = 30, wait_for_workers: bool = True,
-                              on_error: str = "raise", stimulus_id: str) -> dict:
-        """``client.restart()``: the gateway has no nanny, and distributed would remove it
-        and wait for a deployment system to bring it back; instead the cluster replaces it
-        with a fresh one (its running invocations stopped, its outputs deleted, the local
-        backend's execution environments recycled)."""
-        if self.restart_gateway is None:
-            return await super().restart_workers(
-                workers, client=client, timeout=timeout, wait_for_workers=wait_for_workers,
-                on_error=on_error, stimulus_id=stimulus_id)  # type: ignore[arg-type]
-        old = list(self.workers)
-        await asyncio.wait_for(self.restart_gateway(), timeout)
-        self.log_event("all", {"action": "restart-workers", "workers": old, "client": client})
-        return {addr: "OK" for addr in old}
-
-    def start_http_server(self, *args: Any, **kwargs: Any) -> None:
-        if self._http:
-            super().start_http_server(*args, **kwargs)
-
-    async def update_graph(self, client: str, expr_ser: Any, keys: Any, *args: Any,
-                           **kwargs: Any) -> None:
-        serialize.new_submission()  # its functions are pickled again: globals may have changed
-        settings = self.plan_batches() if self.plan_batches is not None else None
-        if settings is not None:
-            try:
-                expr = deserialize(expr_ser.header, expr_ser.frames)
-            except Exception:  # distributed reports it to the client as it does for any graph
-                pass
-            else:
-                if not (isinstance(expr, LLGExpr) and len(expr.operand("dsk")) < 2):  # submit()
-                    expr = BatchedExpr(expr, keys, settings, cull_graph=isinstance(expr, LLGExpr),
-                                       scheduler=self)
-                expr_ser = _handed_over(expr)
-        return await super().update_graph(client, expr_ser, keys, *args, **kwargs)
-
-
-    async def register_nanny_plugin(self, comm: Any, plugin: Any, name: str,
-                                    idempotent: bool | None = None) -> dict:
-        """Nanny plugins prepare worker processes; here there are none (tasks run in Lambda
-        functions): refuse them with what to do instead, rather than do nothing."""
-        import pickle
-
-        try:
-            kind = type(pickle.loads(plugin) if isinstance(plugin, bytes) else plugin).__name__
-        except Exception:
-            kind = "this plugin"
-        raise NotAvailableInLambda(
-            f"nanny plugin {kind} prepares Dask worker processes, and a Lambda cluster has "
-            "none (its tasks run in Lambda functions): "
-            + _PLUGIN_ADVICE.get(kind.lstrip("_").replace("NannyPlugin", ""),
-                                 "do the setup inside the task function instead."))
-
-
-#: Objects handed to distributed in this process as if they had been serialized (a graph the
-#: scheduler rewrote), so that nothing is pickled twice.
-_HANDED: dict[int, Any] = {}
-_HANDED_IDS = itertools.count()
-_IN_PROCESS = "dask-lambda-in-process"
-
-
-def _handed_over(obj: Any) -> Serialized:
-    token = next(_HANDED_IDS)
-    _HANDED[token] = obj
-    return Serialized({"serializer": _IN_PROCESS, "token": token}, [])
-
-
-register_serialization_family(_IN_PROCESS, None,
-                              lambda header, frames: _HANDED.pop(header["token"]))
-
-
 #: What to do instead of distributed's plugins that prepare workers.
-_PLUGIN_ADVICE = {
+PLUGIN_ADVICE = {
     "_InstallWorkerPlugin": "a Lambda function has the packages it was deployed with: add "
                             "them with `dask-lambda deploy --extra-packages NAME,...`.",
     "PipInstall": "a Lambda function has the packages it was deployed with: add them with "
