@@ -95,7 +95,9 @@ def scattered_array(quick: bool) -> tuple[Callable[[Any], Any], int]:
         return array[i::6].sum(axis=0)
 
     def run(client: Any) -> Any:
-        [future] = client.scatter([data], broadcast=True)
+        # hash=False: a key of its own each run (scattering the same data again under the same
+        # key races with the release of the last run's, in distributed, with any cluster)
+        [future] = client.scatter([data], broadcast=True, hash=False)
         return np.sum(client.gather([client.submit(part_sum, future, i) for i in range(6)]),
                       axis=0)
 

@@ -58,15 +58,20 @@ class EnvironmentLayers:
     """Process-wide environment variables that each open client needs, one layer per client.
 
     Two clients may need different values (each local backend has its own S3 server): the
-    newest open layer wins for each variable, closing a layer brings back the values of the
-    layers still open beneath it, and when none is left every variable is as it was before
-    the first one. A value of ``None`` in a layer means "unset while this layer is on top".
+    newest open layer wins for each variable it names, closing a layer brings back, for the
+    variables it named, the value of the newest layer still open that names them (or, with
+    none left, the value from before the first), and a layer never touches a variable it
+    does not name, so what the program set meanwhile stays. ``None`` in a layer means
+    "unset while this layer is on top".
     """
 
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._lock = threading.Lock()
-        self._layers: dict[int, dict[str, str | None]] = {}
+        #: For each variable a layer names: its value before any layer, and the layers'
+        #: values, oldest first, as (token, value).
         self._original: dict[str, str | None] = {}
+        self._stacks: dict[str, list[tuple[int, str | None]]] = {}
+        self._layers: dict[int, tuple[str, ...]] = {}
         self._next = 0
         self._on_change = on_change
 
@@ -75,32 +80,41 @@ class EnvironmentLayers:
         import os
 
         with self._lock:
-            for name in values:
-                self._original.setdefault(name, os.environ.get(name))
             token = self._next
             self._next += 1
-            self._layers[token] = dict(values)
-            self._apply()
+            self._layers[token] = tuple(values)
+            for name, value in values.items():
+                if name not in self._stacks:
+                    self._original[name] = os.environ.get(name)
+                    self._stacks[name] = []
+                self._stacks[name].append((token, value))
+                _set(name, value)
+            self._on_change()
         return token
 
     def pop(self, token: int) -> None:
         """Remove a layer (in any order); a token already popped is ignored."""
         with self._lock:
-            if self._layers.pop(token, None) is None:
+            names = self._layers.pop(token, None)
+            if names is None:
                 return
-            self._apply()
-            if not self._layers:
-                self._original = {}
+            for name in names:
+                stack = self._stacks[name]
+                on_top = stack[-1][0] == token
+                stack[:] = [entry for entry in stack if entry[0] != token]
+                if stack:
+                    if on_top:
+                        _set(name, stack[-1][1])
+                else:
+                    del self._stacks[name]
+                    _set(name, self._original.pop(name))
+            self._on_change()
 
-    def _apply(self) -> None:
-        import os
 
-        effective = dict(self._original)
-        for token in sorted(self._layers):
-            effective.update(self._layers[token])
-        for name, value in effective.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._on_change()
+def _set(name: str, value: str | None) -> None:
+    import os
+
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

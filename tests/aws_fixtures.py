@@ -167,14 +167,22 @@ EMULATOR_DEPLOYER_STATEMENTS = [
      "Resource": "*"}]
 
 
+#: Likewise for a user: ministack authorizes lambda:GetFunctionConcurrency as
+#: lambda:PutFunctionConcurrency (which AWS does not: Service Authorization Reference, AWS
+#: Lambda); a user's documented policy allows GetFunctionConcurrency.
+EMULATOR_USER_STATEMENTS = [
+    {"Sid": "MinistackGetFunctionConcurrency", "Effect": "Allow",
+     "Action": "lambda:PutFunctionConcurrency", "Resource": "*"}]
+
+
 def iam_user(name: str, policies: list[dict], *, deployer: bool = False) -> dict[str, str]:
-    """Make an IAM user whose only permissions are ``policies`` (for a ``deployer``, plus
-    `EMULATOR_DEPLOYER_STATEMENTS`); its credentials (as environment variables)."""
+    """Make an IAM user whose only permissions are ``policies`` (plus
+    `EMULATOR_DEPLOYER_STATEMENTS` for a ``deployer``, else `EMULATOR_USER_STATEMENTS`); its
+    credentials (as environment variables)."""
     iam = boto("iam")
     iam.create_user(UserName=name)
-    if deployer:
-        policies = [*policies, {"Version": "2012-10-17",
-                                "Statement": EMULATOR_DEPLOYER_STATEMENTS}]
+    policies = [*policies, {"Version": "2012-10-17", "Statement": (
+        EMULATOR_DEPLOYER_STATEMENTS if deployer else EMULATOR_USER_STATEMENTS)}]
     for number, policy in enumerate(policies):
         iam.put_user_policy(UserName=name, PolicyName=f"policy-{number}",
                             PolicyDocument=json.dumps(policy))

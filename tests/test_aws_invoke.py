@@ -25,10 +25,20 @@ import numpy as np
 import pytest
 
 from dask_lambda import LambdaClient
-from dask_lambda.deploy import Target, deploy, names
+from dask_lambda.deploy import Target, deploy, names, permissions
 from dask_lambda.errors import HandlerCrashedError
 
-from .aws_fixtures import LOCAL_GLIBC, aws_environment, boto, environment, ministack
+from .aws_fixtures import (
+    LOCAL_GLIBC,
+    REGION,
+    aws_environment,
+    boto,
+    environment,
+    iam_user,
+    ministack,
+)
+
+ACCOUNT = "000000000000"  # ministack's
 
 # -- the handler's pieces, in other processes ---------------------------------------------------
 
@@ -168,14 +178,23 @@ FUNCTION = "dl-invoke"
 
 @pytest.fixture(scope="module")
 def aws(request, tmp_path_factory):
-    """ministack with the function deployed (trigger on) at s3://dl-invoke/run."""
+    """ministack (IAM enforced) with the function deployed (trigger on) at s3://dl-invoke/run
+    by a user with exactly the deployer's policy; the tests' clients run as a user with
+    exactly a user's. Yields the emulator's admin environment (for what only an
+    administrator does: reserved concurrency, reading the logs)."""
     home = tmp_path_factory.mktemp("aws-home")
     with ministack(request.config, home) as endpoint:
         values = aws_environment(endpoint, request.config, home)
         with environment(values):
-            deploy(Target(BUCKET, "run", FUNCTION, "us-east-1"), timeout=60, memory=1024,
-                   trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
-            yield values
+            deployer = iam_user("invoke-deployer", [permissions.deployer_policy(
+                BUCKET, "run", FUNCTION, REGION, ACCOUNT)], deployer=True)
+            user = iam_user("invoke-user", [permissions.user_policy(
+                BUCKET, "run", FUNCTION, REGION, ACCOUNT)])
+            with environment(deployer):
+                deploy(Target(BUCKET, "run", FUNCTION, REGION), timeout=60, memory=1024,
+                       trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
+            with environment(user):
+                yield values
 
 
 def _client(mode: str, **options) -> LambdaClient:
@@ -253,14 +272,14 @@ def test_a_function_switched_off_is_refused_at_start_with_how_to_switch_it_on(aw
 
 def test_the_function_refuses_a_trigger_job_it_can_no_longer_start_in_time(aws):
     """The client wrote: start within -1 s of being written (it has given up on the job)."""
-    key = "run/jobs/given-up/t-0123-a0" + names.TRIGGER_SUFFIX
+    key = "run/jobs/0123456789ab/00/t-0123-a0" + names.TRIGGER_SUFFIX  # a run given up on
     with environment(aws):
         s3 = boto("s3")
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"not even a job", Metadata={
             "dask-lambda-options": json.dumps({"start_within": -1})})
         try:
             skipped = _logged(aws, f"skipped s3 key {key}: the job is ")
-            claims = s3.list_objects_v2(Bucket=BUCKET, Prefix="run/results/given-up/")
+            claims = s3.list_objects_v2(Bucket=BUCKET, Prefix="run/results/0123456789ab/")
         finally:
             s3.delete_object(Bucket=BUCKET, Key=key)
         config = boto("lambda").get_function_event_invoke_config(FunctionName=FUNCTION)

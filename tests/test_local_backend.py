@@ -207,10 +207,13 @@ async def _cancel_running(backend, event, after):
 
 def test_cancelling_an_invocation_kills_its_environment_at_once(client):
     cluster = client.cluster
+    job_key = cluster.layout.job_key("00/sleeper", 0)
     job = protocol.encode({"kind": "job", "key": "sleeper"},
-                          dumps((time.sleep, (120,), {})), cluster.settings.signing_key)
-    event = {"op": "run", "bucket": cluster.bucket, "job_key": "unused", "inline_max": 10**6,
-             "result_key": cluster.layout.result_key("sleeper", 0),
+                          dumps((time.sleep, (120,), {})),
+                          protocol.run_key(cluster.settings.signing_key, cluster.layout.run),
+                          protocol.identity(cluster.bucket, job_key))
+    event = {"op": "run", "bucket": cluster.bucket, "job_key": job_key, "inline_max": 10**6,
+             "result_key": cluster.layout.result_key("00/sleeper", 0),
              "job": base64.b64encode(job).decode()}
     t0 = time.monotonic()
     env = client.sync(_cancel_running, cluster.backend, event, 3.0)
