@@ -425,6 +425,9 @@ class LambdaCluster(SpecCluster):
         report = self.cost.report()
         store = self.store
         report["client_s3_requests"] = store.requests if store is not None else None
+        stats = self.lambda_stats()  # what uploading client-held values once saved
+        report["shared_bytes"] = stats.get("shared_bytes", 0)
+        report["shared_bytes_saved"] = stats.get("shared_bytes_saved", 0)
         return report
 
 

@@ -194,3 +194,14 @@ def test_lithops_compare_benchmark_quick_mode_runs(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "pip install -e '.[bench]'" in out.stderr
+
+
+def test_client_bytes_benchmark_quick_mode_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "client_bytes.py"), "--quick",
+                          "--json", str(tmp_path / "out.json")], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["workload"]: r for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    assert set(rows) == {"xarray anomaly", "image labels", "scattered array"}
+    assert rows["scattered array"]["sent_per_data"] < 1.1  # the scattered array went up once
+    assert rows["xarray anomaly"]["shared_bytes_saved"] > 0  # chunks read by several tasks
