@@ -1,14 +1,60 @@
-"""Private APIs of distributed that dask-lambda needs, in one place.
+"""Every private API of dask, distributed and cloudpickle that dask-lambda uses, in one place.
 
-distributed has no public way to do these; each function says what it relies on, so that a
-release that changes it breaks here, in one file, with a test (tests/test_cluster_api.py)
-that names it.
+None of these is public; each has a reason beside it, so that a release that changes one
+breaks here, in one file (and in the tests that exercise it: tests/test_cluster_api.py,
+test_batching.py, test_workloads.py). The other modules import them from here. Besides
+these, the gateway subclasses distributed's ``Scheduler`` and ``Worker`` and overrides
+``update_graph``, ``restart_workers``, ``register_nanny_plugin``, ``get_data``,
+``update_data``, ``upload_file``, ``run``, ``plugin_add`` and ``handle_stimulus``
+(dask_lambda/gateway/), and `LambdaClient` overrides ``Client._graph_to_futures`` to name an
+unpicklable task; those signatures are distributed's, checked by the same tests.
 """
 
 from __future__ import annotations
 
 from time import time
 from typing import Any
+
+import cloudpickle
+from dask._expr import LLGExpr  # the expression of a plain task graph (submit, map)
+from dask._task_spec import (  # dask's task specs: what batching fuses and the gateway runs
+    Alias,
+    DataNode,
+    GraphNode,
+    Task,
+    TaskRef,
+    convert_legacy_graph,
+    cull,
+)
+from distributed.deploy.spec import NoOpAwaitable  # what SpecCluster.scale returns when async
+from distributed.worker import _run_task_simple  # what a Worker hands its executor per task
+from distributed.worker_state_machine import (  # the worker's events the gateway reacts to
+    CancelComputeEvent,
+    ExecuteSuccessEvent,
+    FreeKeysEvent,
+    RemoveReplicasEvent,
+    UnpauseEvent,
+)
+
+__all__ = ["Alias", "CancelComputeEvent", "DataNode", "ExecuteSuccessEvent", "FreeKeysEvent",
+           "GraphNode", "LLGExpr", "NoOpAwaitable", "RemoveReplicasEvent", "Task", "TaskRef",
+           "UnpauseEvent", "code_reduce", "convert_legacy_graph", "cull",
+           "pickled_by_reference", "run_task_simple", "set_worker_threads"]
+
+#: ``distributed.worker._run_task_simple``: the function the worker asks its executor to run.
+run_task_simple = _run_task_simple
+
+
+def code_reduce(code: Any) -> Any:
+    """cloudpickle's reduction of a code object (``cloudpickle.cloudpickle._code_reduce``),
+    which dask-lambda wraps to keep the real file name in remote tracebacks."""
+    return cloudpickle.cloudpickle._code_reduce(code)
+
+
+def pickled_by_reference(func: Any) -> bool:
+    """Whether cloudpickle pickles ``func`` by reference (module and name) rather than by value
+    (``cloudpickle.cloudpickle._should_pickle_by_reference``)."""
+    return bool(cloudpickle.cloudpickle._should_pickle_by_reference(func))
 
 
 def set_worker_threads(scheduler: Any, worker: Any, nthreads: int) -> None:
@@ -18,8 +64,6 @@ def set_worker_threads(scheduler: Any, worker: Any, nthreads: int) -> None:
 
     Must run on the event loop of both (they share one in a Lambda cluster).
     """
-    from distributed.worker_state_machine import UnpauseEvent
-
     stimulus = f"dask-lambda-concurrency-{time()}"
     ws = scheduler.workers.get(worker.address)
     if ws is not None:

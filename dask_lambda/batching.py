@@ -62,9 +62,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dask
-from dask._task_spec import GraphNode, Task, TaskRef, convert_legacy_graph, cull
 from dask.utils import key_split, parse_timedelta
 from dask_lambda_handler.batch import run_batch
+
+from ._compat import GraphNode, Task, TaskRef, convert_legacy_graph, cull
 
 if TYPE_CHECKING:
     from .settings import Settings

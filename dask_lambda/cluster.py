@@ -20,10 +20,11 @@ import uuid
 from typing import Any
 
 from dask_lambda_handler import protocol
-from distributed.deploy.spec import NoOpAwaitable, SpecCluster
+from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
 from . import _compat, card, gc_tuning, runs
+from ._compat import NoOpAwaitable
 from .backends.base import Backend, FunctionSettings
 from .batching import BatchSettings
 from .cost import CostMeter

@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 from dask_lambda_handler import protocol
 
+from . import _compat
 from .errors import TaskSerializationError
 
 
@@ -62,7 +63,7 @@ def _register_local_modules() -> None:
 def _code_reduce(obj: types.CodeType) -> Any:
     # cloudpickle replaces the file name with "<dynamic-code>"; keep the real one so that a
     # remote traceback points at the user's file as well as the line.
-    func, args = cloudpickle.cloudpickle._code_reduce(obj)
+    func, args = _compat.code_reduce(obj)
     return func, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
@@ -124,7 +125,7 @@ class _Pickler(cloudpickle.Pickler):
 
 
 def _by_reference(func: types.FunctionType) -> bool:
-    return cloudpickle.cloudpickle._should_pickle_by_reference(func)
+    return _compat.pickled_by_reference(func)
 
 
 def _dump_function(func: types.FunctionType) -> bytes:

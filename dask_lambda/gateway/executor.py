@@ -24,11 +24,11 @@ import threading
 from time import time
 from typing import Any
 
-from dask._task_spec import Alias, DataNode
 from dask.utils import key_split
 from dask_lambda_handler import protocol
 
 from .. import batching, serialize
+from .._compat import Alias, DataNode, run_task_simple
 from ..backends.base import Backend
 from ..cost import CostMeter
 from ..counters import ExecutorStats
@@ -80,10 +80,8 @@ class _AsyncExecutor(concurrent.futures.Executor):
         an asyncio future through as it is (`asyncio.wrap_future`): no concurrent future,
         no thread hand-off and no wake-up of the loop through its self-pipe per task.
         """
-        from distributed.worker import _run_task_simple
-
         loop = asyncio.get_running_loop()  # the worker's event loop
-        if fn is not _run_task_simple or kwargs:
+        if fn is not run_task_simple or kwargs:
             refused = loop.create_future()
             refused.set_exception(DaskLambdaError(
                 f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
@@ -372,8 +370,6 @@ class LocalTaskExecutor(_AsyncExecutor):
         self.tasks = 0
 
     async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
-        from distributed.worker import _run_task_simple
-
         refs = [v for v in data.values() if isinstance(v, protocol.ObjectRef)]
         if refs:
             values = await self._lambda.outputs.load(refs)
@@ -381,7 +377,7 @@ class LocalTaskExecutor(_AsyncExecutor):
                     for k, v in data.items()}
         self.tasks += 1
         loop = asyncio.get_running_loop()
-        run: Any = _run_task_simple  # returns the worker's message (a TypedDict)
+        run: Any = run_task_simple  # returns the worker's message (a TypedDict)
         return await loop.run_in_executor(self._pool, run, task, data, delay)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dask._expr import LLGExpr
 from distributed import Scheduler
 from distributed.protocol.serialize import (
     Serialized,
@@ -19,6 +18,7 @@ from distributed.protocol.serialize import (
 )
 
 from .. import serialize
+from .._compat import LLGExpr
 from ..batching import BatchedExpr, BatchSettings
 from ..errors import NotAvailableInLambda
 from .worker import PLUGIN_ADVICE

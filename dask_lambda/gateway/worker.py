@@ -24,13 +24,13 @@ from typing import Any
 
 from dask_lambda_handler import protocol
 from distributed import Worker
-from distributed.worker_state_machine import (
+
+from .._compat import (
     CancelComputeEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
     RemoveReplicasEvent,
 )
-
 from ..errors import NotAvailableInLambda
 from ..outputs import RESOLVED
 from .executor import LambdaExecutor
