@@ -56,7 +56,7 @@ PARTS = (
     ("pyarrow", "import pyarrow, pyarrow.parquet"),
     ("dask", "import dask, dask.array, dask.dataframe"),
     ("s3fs", "import s3fs"),
-    ("handler", "from dask_lambda_handler import entry, runner; runner._s3()"),
+    ("handler", "from dask_lambda_handler import entry, env; env.s3()"),
 )
 PROBE = """\
 import json, sys, time

@@ -21,7 +21,7 @@ UNZIPPED_BYTES = 262_144_000
 SYNC_PAYLOAD_BYTES = 6_000_000
 #: Room kept in a payload for what travels beside an inline job or output: the event's and
 #: response's JSON fields, and the task's printed output, which the handler caps at 64 KiB
-#: (``dask_lambda_handler.runner.LOG_LIMIT``) and JSON may escape to six bytes per byte.
+#: (``dask_lambda_handler.capture.LOG_LIMIT``) and JSON may escape to six bytes per byte.
 PAYLOAD_ENVELOPE_BYTES = 512 * 1024
 #: Largest ``inline-max``: base64 makes 4 bytes of every 3, inside the payload's envelope.
 MAX_INLINE_BYTES = (SYNC_PAYLOAD_BYTES - PAYLOAD_ENVELOPE_BYTES) // 4 * 3

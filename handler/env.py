@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from typing import Any
 
@@ -114,3 +115,70 @@ def _secrets_client() -> Any:
     # Short timeouts and a few attempts: the first job of an environment waits for this.
     return botocore.session.get_session().create_client("secretsmanager", config=Config(
         connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 5}))
+
+
+# -- the S3 client and transfers ----------------------------------------------------------
+
+#: Inputs of a task read at once; each reads a large object in `transfer_concurrency`
+#: parallel ranges, so the S3 client's pool holds both: a request beyond the pool would
+#: open (and throw away) a connection of its own.
+LOADERS = 16
+_S3: Any = None
+
+
+def s3() -> Any:
+    """The environment's S3 client (made once: botocore's ``standard`` retries)."""
+    global _S3
+    if _S3 is None:
+        import botocore.session
+        from botocore.config import Config
+
+        _S3 = botocore.session.get_session().create_client(
+            "s3",
+            config=Config(retries={"mode": "standard", "max_attempts": 5},
+                          max_pool_connections=LOADERS * max(1, transfer_concurrency())),
+        )
+    return _S3
+
+
+def transfer_concurrency() -> int:
+    """Parts or ranges of one large object moved at once."""
+    return int(os.environ.get(protocol.TRANSFER_CONCURRENCY_ENV, protocol.TRANSFER_CONCURRENCY))
+
+
+# -- the run's keys and what this environment runs --------------------------------------------
+
+_RUN_KEYS: dict[str, bytes] = {}
+
+
+def run_key(key: str) -> bytes:
+    """The signing key of the run that job or result ``key`` belongs to (cached: a warm
+    environment serves many tasks of few runs)."""
+    run = protocol.run_of(key)
+    found = _RUN_KEYS.get(run)
+    if found is None:
+        if len(_RUN_KEYS) > 64:
+            _RUN_KEYS.clear()
+        found = _RUN_KEYS[run] = protocol.run_key(signing_key(), run)
+    return found
+
+
+def key_check() -> dict:
+    """``{"id": key_id}`` of the signing key this environment reads, or ``{"error": why}``."""
+    try:
+        return {"id": key_id(signing_key())}
+    except SigningKeyError as exc:
+        return {"error": str(exc)}
+
+
+def versions() -> dict:
+    """What this execution environment runs, for the client's version check."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": "{}.{}".format(*sys.version_info[:2]), "protocol": protocol.PROTOCOL_VERSION}
+    for dist in protocol.VERSIONED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out

@@ -237,6 +237,23 @@ def state_keys(result_key: str) -> tuple[str, str]:
     return f"{base}{CLAIMS}/{rest}", f"{base}{DONE}/{rest}.json"
 
 
+def refuse_jobs_prefix(key: str, job_key: str | None) -> None:
+    """Raise unless ``key`` is outside the jobs prefix of ``job_key`` (and outside ``jobs/``).
+
+    A write under the jobs prefix would be a new job object: in S3-trigger mode it
+    would invoke the function again, a loop.
+    """
+    roots = [f"{JOBS}/"]
+    if job_key:
+        head, sep, _ = job_key.rpartition(f"{JOBS}/")
+        if sep:
+            roots.append(head + sep)
+    if any(key.startswith(root) for root in roots):
+        raise PayloadError(
+            f"refusing to write s3 key {key!r}: it is under the jobs prefix, where a write "
+            "would trigger the function again. Results go under results/.")
+
+
 def result_key_for_job(job_key: str) -> str:
     """The result key that belongs to a job key (used by the S3-trigger mode)."""
     head, sep, tail = job_key.rpartition(f"{JOBS}/")

@@ -21,7 +21,7 @@ the handler
 5. writes a signed completion record ``P/results/<run>/_done/<hh>/<name>.json``
    holding the run's response (or the handler's error), which the client lists.
 
-The handler never writes under the jobs prefix (`refuse_jobs_prefix` checks
+The handler never writes under the jobs prefix (`protocol.refuse_jobs_prefix` checks
 every key it writes), so its own writes can never trigger it again; the role
 that ``dask-lambda deploy`` creates also denies ``s3:PutObject`` there, so a
 task cannot either.
@@ -34,26 +34,9 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import protocol, s3errors
+from . import env, protocol, runner, s3errors
 
 state_keys = protocol.state_keys
-
-
-def refuse_jobs_prefix(key: str, job_key: str | None) -> None:
-    """Raise unless ``key`` is outside the jobs prefix of ``job_key`` (and outside ``jobs/``).
-
-    A write under the jobs prefix would be a new job object: in S3-trigger mode it
-    would invoke the function again, a loop.
-    """
-    roots = [f"{protocol.JOBS}/"]
-    if job_key:
-        head, sep, _ = job_key.rpartition(f"{protocol.JOBS}/")
-        if sep:
-            roots.append(head + sep)
-    if any(key.startswith(root) for root in roots):
-        raise protocol.PayloadError(
-            f"refusing to write s3 key {key!r}: it is under the jobs prefix, where a write "
-            "would trigger the function again. Results go under results/.")
 
 
 def handle_records(event: dict, context: Any) -> dict:
@@ -106,16 +89,14 @@ def _age(head: dict) -> float:
 
 
 def _run_job_object(bucket: str, key: str, context: Any) -> dict:
-    from . import runner
-
     try:
         result_key = protocol.result_key_for_job(key)
     except protocol.PayloadError:
         return _skipped(key, "not a dask-lambda job key")
     claim, done = state_keys(result_key)
     for written in (result_key, claim, done):
-        refuse_jobs_prefix(written, key)
-    client = runner._s3()
+        protocol.refuse_jobs_prefix(written, key)
+    client = env.s3()
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
@@ -136,7 +117,7 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     event: dict = {"op": "run", "bucket": bucket, "job_key": key, "result_key": result_key,
                    "inline_max": 0, **options}
     try:
-        response = runner._run(event, context)
+        response = runner.run(event, context)
         stats = response.setdefault("stats", {})
         stats["s3_gets"] = stats.get("s3_gets", 0) + _GETS
         stats["s3_puts"] = stats.get("s3_puts", 0) + _PUTS
@@ -155,10 +136,8 @@ def _skipped(key: str, why: str) -> dict:
 
 
 def _write_done(client: Any, bucket: str, key: str, record: dict) -> None:
-    from . import runner
-
     try:
-        body = protocol.encode(record, [], runner.run_key(key), protocol.identity(bucket, key))
+        body = protocol.encode(record, [], env.run_key(key), protocol.identity(bucket, key))
     except protocol.PayloadError:  # no signing key: an unsigned record can only report an error
         body = json.dumps({"kind": "done", "error": record.get("error") or {
             "errorType": "PayloadError", "errorMessage": "the function has no signing key"}}

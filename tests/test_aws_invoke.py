@@ -102,12 +102,12 @@ def test_a_claim_that_meets_a_conflicting_write_is_retried_and_only_412_means_cl
 
 _LOGGING_TASK = """
     import logging, os, sys, time
-    from dask_lambda_handler import runner
+    from dask_lambda_handler import capture
     if sys.argv[1] == "lambda":  # as awslambdaric's _setup_logging: the root logger writes to
         read, write = os.pipe()  # its telemetry descriptor, not to fds 1 or 2
         logging.getLogger().addHandler(logging.StreamHandler(os.fdopen(write, "w")))
     box = {}
-    with runner._captured_output(box):
+    with capture.captured_output(box):
         print("printed by the task")
         sys.stdout.buffer.write(b"written as bytes\\n")
         logging.getLogger("user").warning("logged by the task")
@@ -143,9 +143,9 @@ def test_a_tasks_output_is_in_the_log_before_it_crashes():
 
 def test_the_handlers_s3_pool_holds_all_of_its_parallel_reads():
     done = _python("""
-        from dask_lambda_handler import runner
-        print(runner._s3().meta.config.max_pool_connections, runner._LOADERS,
-              runner._transfer_concurrency())
+        from dask_lambda_handler import env
+        print(env.s3().meta.config.max_pool_connections, env.LOADERS,
+              env.transfer_concurrency())
         """, DASK_LAMBDA_TRANSFER_CONCURRENCY="8", AWS_REGION="us-east-1")
     pool, loaders, ranges = map(int, done.stdout.split())
     assert pool >= loaders * ranges == 16 * 8

@@ -113,13 +113,13 @@ def test_package_imports_on_its_own_with_the_local_versions(built, tmp_path):
         f"sys.path.insert(0, {str(tmp_path / 'task')!r})\n"
         "from importlib.metadata import version\n"
         "import dask_lambda_handler.entry, dask.array, dask.dataframe, s3fs, boto3\n"
-        "from dask_lambda_handler import runner\n"
+        "from dask_lambda_handler import entry\n"
         "names = ['dask', 'cloudpickle', 'numpy', 'pandas', 'pyarrow', 's3fs', 'boto3',"
         " 'botocore', 'fsspec', 'dask-lambda']\n"
         "files = {m: importlib.import_module(m).__file__ for m in"
         " ['dask', 'numpy', 'pandas', 'pyarrow', 'cloudpickle', 'dask_lambda_handler']}\n"
         "print(json.dumps({'versions': {n: version(n) for n in names},"
-        " 'ping': runner.handle({'op': 'ping'}, None), 'files': files}))\n")
+        " 'ping': entry.handler({'op': 'ping'}, None), 'files': files}))\n")
     # -I -S: no site-packages, no environment: only the standard library and the package
     out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)

@@ -45,15 +45,15 @@ def source_to_code(self, data, path, *args, **kwargs):
 importlib.machinery.SourceFileLoader.source_to_code = source_to_code
 import io
 import dask.dataframe, dask.array, numpy, pandas, pyarrow.parquet, s3fs
-from dask_lambda_handler import entry, runner
-runner._s3()
+from dask_lambda_handler import entry, env
+env.s3()
 df = pandas.DataFrame({"k": [1, 2, 1], "v": [1.0, 2.0, 3.0]})
 sums = df.groupby("k").v.sum().to_dict()
 buf = io.BytesIO()
 df.to_parquet(buf)
 back = pandas.read_parquet(io.BytesIO(buf.getvalue()))
 print(json.dumps({"sums": sums, "parquet": back.equals(df),
-                  "ping": runner.handle({"op": "ping"}, None),
+                  "ping": entry.handler({"op": "ping"}, None),
                   "compiled": [p for p in compiled if p.startswith(task)],
                   "numpy": numpy.__file__}))
 """

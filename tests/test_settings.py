@@ -360,7 +360,7 @@ def test_schema_defaults_and_settings_agree():
     # An inline job or output, base64 in JSON, fits Lambda's synchronous payload.
     assert 4 * -(-limits.MAX_INLINE_BYTES // 3) + limits.PAYLOAD_ENVELOPE_BYTES \
         <= limits.SYNC_PAYLOAD_BYTES
-    from dask_lambda_handler.runner import LOG_LIMIT
+    from dask_lambda_handler.capture import LOG_LIMIT
 
     assert 6 * LOG_LIMIT < limits.PAYLOAD_ENVELOPE_BYTES  # the log, each byte JSON-escaped
 
