@@ -41,3 +41,16 @@ def test_setup_cfg_mirrors_ruffs_settings_for_tools_that_cannot_read_pyproject()
     # (isort's I and pyupgrade's UP have no flake8 counterpart without plugins)
     families = {code for code in ruff["lint"]["select"] if code in ("E", "F", "W", "B")}
     assert set(cfg["flake8"]["select"].split(",")) == families
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    """A package missing from pyproject's list is left out of a (non-editable) install."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts)
+             for path in (ROOT / "dask_lambda").rglob("__init__.py")}
+    found |= {"dask_lambda_handler" + "".join("." + part for part in
+                                               path.parent.relative_to(ROOT / "handler").parts)
+              for path in (ROOT / "handler").rglob("__init__.py")}
+    assert found == listed
