@@ -9,7 +9,9 @@ through the moto S3 server.
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from collections.abc import Iterator
 
 import dask
@@ -25,13 +27,15 @@ from dask_lambda import LambdaClient, LambdaCluster
 
 from .conftest import bucket_for, list_keys
 
-SHAPES = ("LambdaClient", "Client(LambdaCluster)", "cluster.get_client()")
+SHAPES = ("LambdaClient", "Client(LambdaCluster)", "cluster.get_client()",
+          "Client(LambdaCluster), scaled while it works")
 
 
 @pytest.fixture(scope="module", params=SHAPES)
 def client(request, s3_endpoint):
     """The module's client, reached in each way users reach a cluster (each is the default
-    client while its tests run)."""
+    client while its tests run); the last one has its cluster scaled and adapted, between 1
+    and 3 tasks at once, every half second while the workloads run."""
     from distributed import Client
 
     options = {"local_s3_endpoint": s3_endpoint, "dashboard_address": None, "concurrency": 2}
@@ -41,9 +45,28 @@ def client(request, s3_endpoint):
             yield c
         return
     with LambdaCluster(bucket, **options) as cluster:
-        with (Client(cluster) if request.param == "Client(LambdaCluster)"
-              else cluster.get_client()) as c:
-            yield c
+        with (cluster.get_client() if request.param == "cluster.get_client()"
+              else Client(cluster)) as c:
+            if not request.param.endswith("while it works"):
+                yield c
+                return
+            stop = threading.Event()
+
+            def rescale() -> None:
+                for step in itertools.cycle([lambda: cluster.scale(1), lambda: cluster.scale(3),
+                                             lambda: cluster.adapt(maximum=2)]):
+                    if stop.wait(0.5):
+                        return
+                    step()
+
+            c.most_at_once = 3  # (what test_tasks_run_in_other_processes allows)
+            thread = threading.Thread(target=rescale, daemon=True)
+            thread.start()
+            try:
+                yield c
+            finally:
+                stop.set()
+                thread.join()
 
 
 def stats(client) -> dict:
@@ -62,7 +85,8 @@ def test_tasks_run_in_other_processes(client):
     before = stats(client)["invocations"]
     pids = set(client.gather(client.map(lambda i: os.getpid(), range(8), pure=False)))
     assert os.getpid() not in pids
-    assert 1 <= len(pids) <= 2  # concurrency=2 environments, reused warm
+    # concurrency=2 environments (3 where it is scaled meanwhile), reused warm
+    assert 1 <= len(pids) <= getattr(client, "most_at_once", 2)
     assert stats(client)["invocations"] - before == 8
 
 
