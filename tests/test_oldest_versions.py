@@ -105,7 +105,7 @@ def test_a_trigger_job_is_claimed_once(s3_endpoint, s3):
     """The handler claims a job object with PutObject(IfNoneMatch="*"): the first delivery
     runs it (this one is not a signed job, so its completion record holds the error), a
     second delivery of the same notification finds the claim and does nothing."""
-    bucket, key = "t-oldest-claim", "p/jobs/run1/tok-a0.trigger.job"
+    bucket, key = "t-oldest-claim", "p/jobs/0123456789ab/00/tok-a0.trigger.job"
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key=key, Body=b"not a job")
     event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
@@ -120,7 +120,7 @@ def test_a_trigger_job_is_claimed_once(s3_endpoint, s3):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     first, second = json.loads(out.stdout.splitlines()[-1])
-    assert first["done"] == "p/results/run1/_done/tok-a0.trigger.out.json"
+    assert first["done"] == "p/results/0123456789ab/_done/00/tok-a0.trigger.out.json"
     assert "already claimed" in second["skipped"]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="p/results/")["Contents"]]
-    assert sorted(keys) == ["p/results/run1/_claims/tok-a0.trigger.out", first["done"]]
+    assert sorted(keys) == ["p/results/0123456789ab/_claims/00/tok-a0.trigger.out", first["done"]]
