@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from dask_lambda_handler.records import RunStats
+
 from .errors import BudgetExceededError
 from .pricing import US_EAST_1, Prices
 
@@ -92,7 +94,7 @@ def billed_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def invocation_ms(stats: dict) -> int:
+def invocation_ms(stats: RunStats) -> int:
     """What Lambda billed for one invocation, in ms, from its ``stats``.
 
     The ``Billed Duration`` of the invocation's ``REPORT`` line (``billed_ms``) where the
@@ -100,10 +102,10 @@ def invocation_ms(stats: dict) -> int:
     on managed runtimes too (AWS Compute Blog, "AWS Lambda standardizes billing for INIT
     phase"), which the handler cannot time. Else the handler's own duration.
 
-    >>> invocation_ms({"duration_s": 0.0101}), invocation_ms({"duration_s": 0.01, "billed_ms": 900})
+    >>> invocation_ms(RunStats(duration_s=0.0101)), invocation_ms(
+    ...     RunStats(duration_s=0.01, billed_ms=900))
     (11, 900)
     """
-    billed = stats.get("billed_ms")
-    if billed is not None:
-        return max(1, int(billed))
-    return billed_ms(stats.get("duration_s", 0.0))
+    if stats.billed_ms is not None:
+        return max(1, int(stats.billed_ms))
+    return billed_ms(stats.duration_s or 0.0)

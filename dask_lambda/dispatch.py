@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,7 +24,7 @@ from collections import OrderedDict, deque
 from time import time
 from typing import Any
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, records
 
 from .backends.base import Backend
 from .cost import CostMeter, billed_ms, invocation_ms
@@ -53,13 +54,13 @@ _ADVICE = {
 }
 
 
-def _fits_inline(nbytes: int, event: dict) -> bool:
+def _fits_inline(nbytes: int, event: records.InvokeEvent) -> bool:
     """Whether a job of ``nbytes`` fits in ``event`` within Lambda's invoke payload limit (the
     ``inline-max`` setting may allow more than fits, once base64 and JSON are counted)."""
     if 4 * -(-nbytes // 3) < protocol.INVOKE_PAYLOAD_LIMIT // 2:  # far below: nothing to count
         return True
     # the result key the attempts add is about as long as the job key
-    envelope = len(json.dumps(event)) + 2 * len(event["job_key"]) + 64
+    envelope = len(json.dumps(event.to_wire())) + 2 * len(event.job_key) + 64
     return protocol.fits_inline(nbytes, envelope)
 
 
@@ -133,27 +134,25 @@ class Dispatcher:
         duplicated attempt can never overwrite the output that was accepted.
         """
         nbytes = protocol.parts_size(parts)
-        event: dict = {"op": "run", "bucket": self.layout.bucket,
-                       "job_key": self.layout.job_key(token, 0), "inline_max": self.inline_max}
-        if self.max_output is not None:
-            event["max_output"] = self.max_output
-        if len(prefixes) > 1:
-            event["tasks"] = len(prefixes)  # graph tasks this job runs (for logs and models)
+        event = records.InvokeEvent(bucket=self.layout.bucket,
+                                    job_key=self.layout.job_key(token, 0),
+                                    inline_max=self.inline_max, max_output=self.max_output,
+                                    tasks=max(1, len(prefixes)))
         if nbytes <= self.inline_max and _fits_inline(nbytes, event):
-            event["job"] = base64.b64encode(b"".join(parts)).decode()
+            event = dataclasses.replace(event, job=base64.b64encode(b"".join(parts)).decode())
             self.stats.inline_jobs += 1
         else:
-            await self.store.put(event["job_key"], parts)
+            await self.store.put(event.job_key, parts)
             self.stats.s3_jobs += 1
         self.stats.bytes_sent += nbytes
         del parts
         memory = None
         try:
             for attempt in itertools.count():
-                event["result_key"] = self.layout.result_key(token, attempt)
+                event = event.attempt(self.layout.result_key(token, attempt))
                 try:
                     response = await self._invoke(event, key, memory, prefixes)
-                    return await self._outcome(response, event["result_key"])
+                    return await self._outcome(response, event.result_key)
                 except (HandlerCrashedError, ResultLostError) as exc:
                     if attempt >= self.retries:
                         raise type(exc)(f"{exc} Gave up after {attempt + 1} attempts "
@@ -167,12 +166,12 @@ class Dispatcher:
                     memory = bigger
                 self.stats.retries += 1
         finally:
-            if "job" not in event:  # the job object is needed until the last attempt ends
-                self.outputs.discard(event["job_key"])
+            if event.job is None:  # the job object is needed until the last attempt ends
+                self.outputs.discard(event.job_key)
         raise AssertionError("unreachable")
 
-    async def _invoke(self, event: dict, key: Any, memory: int | None,
-                      prefixes: tuple[str, ...] = ()) -> dict:
+    async def _invoke(self, event: records.InvokeEvent, key: Any, memory: int | None,
+                      prefixes: tuple[str, ...] = ()) -> records.InvokeResponse:
         """One invocation: budget check, a slot from the governor (Lambda's scaling rules),
         then backoff and retry while Lambda throttles."""
         for throttled in itertools.count():
@@ -205,26 +204,27 @@ class Dispatcher:
             except BaseException as exc:  # billed too: what the log tail said, if it did
                 self.cost.settle(getattr(exc, "billed_ms", None) or 0)
                 raise
-            stats = response.get("stats") or {}
-            self.cost.settle(invocation_ms(stats),
-                             s3_puts=stats.get("s3_puts", 0), s3_gets=stats.get("s3_gets", 0))
-            if prefixes and response["status"] == "ok" and "duration_s" in stats:
-                self._learn(prefixes, stats["duration_s"])
-            self.invocations.append(dict(stats, key=str(key), status=response["status"],
-                                         nbytes=response["nbytes"]))
-            if response.get("log"):
-                self._keep_log(key, event, stats, response["log"])
+            stats = response.stats
+            self.cost.settle(invocation_ms(stats), s3_puts=stats.s3_puts, s3_gets=stats.s3_gets)
+            if prefixes and response.status == records.OK and stats.duration_s is not None:
+                self._learn(prefixes, stats.duration_s)
+            self.invocations.append(dict(stats.to_wire(), key=str(key), status=response.status,
+                                         nbytes=response.nbytes))
+            if response.log:
+                self._keep_log(key, event, stats, response.log)
             return response
         raise AssertionError("unreachable")
 
-    async def _invoke_paced(self, event: dict, memory: int | None) -> dict:
+    async def _invoke_paced(self, event: records.InvokeEvent, memory: int | None
+                            ) -> records.InvokeResponse:
         """Invoke once, when the governor gives a slot; tell it whether Lambda throttled."""
         governor = self.governor
         await governor.acquire()
         try:
             # memory is set only where backend.supports_memory_override (the local backend)
-            response = await (self.backend.invoke(event, memory=memory)  # type: ignore[call-arg]
-                              if memory else self.backend.invoke(event))
+            wire = event.to_wire()
+            response = await (self.backend.invoke(wire, memory=memory)  # type: ignore[call-arg]
+                              if memory else self.backend.invoke(wire))
         except LambdaThrottledError:
             governor.release(throttled=True)
             raise
@@ -232,19 +232,20 @@ class Dispatcher:
             governor.release(throttled=False, succeeded=False)
             raise
         governor.release(throttled=False)
-        return response
+        return records.InvokeResponse.from_wire(response)
 
-    async def _outcome(self, response: dict, result_key: str
+    async def _outcome(self, response: records.InvokeResponse, result_key: str
                        ) -> protocol.Payload | protocol.ObjectRef:
         """The attempt's output: decoded when it came inline (it stands for ``result_key``)
         or is an error, else a reference to the output object the handler wrote."""
-        if response.get("result") is not None:
-            blob = bytearray(base64.b64decode(response["result"]))
+        if response.result is not None:
+            blob = bytearray(base64.b64decode(response.result))
             self.stats.bytes_received += len(blob)
             return self.outputs.decode(blob, result_key)
-        ref = protocol.ObjectRef(self.layout.bucket, response["result_key"], response["nbytes"],
-                                 response.get("size") or 0, response.get("type") or "")
-        if response["status"] == "error" or not self.locality:
+        # (trigger mode's handler writes beside result_key: the response says where)
+        ref = protocol.ObjectRef(self.layout.bucket, response.result_key or result_key,
+                                 response.nbytes, response.size, response.type)
+        if response.status == records.ERROR or not self.locality:
             return await self.outputs.fetch(ref, release=True)
         return ref
 
@@ -264,11 +265,12 @@ class Dispatcher:
         return {prefix: statistics.median(samples)
                 for prefix, samples in list(self.durations.items()) if samples}
 
-    def _keep_log(self, key: Any, event: dict, stats: dict, text: str) -> None:
+    def _keep_log(self, key: Any, event: records.InvokeEvent, stats: records.RunStats,
+                  text: str) -> None:
         entries = self.logs.setdefault(str(key), [])
-        entries.append({"request_id": stats.get("request_id"), "text": text,
-                        "attempt": event["result_key"].rsplit("-a", 1)[-1].split(".")[0]})
+        entries.append({"request_id": stats.request_id, "text": text,
+                        "attempt": event.attempt_number})
         self.logs.move_to_end(str(key))
         while len(self.logs) > _LOG_KEYS:
             self.logs.popitem(last=False)
-        task_log.info("%s (request %s):\n%s", key, stats.get("request_id"), text.rstrip())
+        task_log.info("%s (request %s):\n%s", key, stats.request_id, text.rstrip())

@@ -160,15 +160,16 @@ class S3Store:
                     f"AWS rejected the credentials ({code}): they are wrong or expired. Check "
                     "`aws sts get-caller-identity`, refresh them (`aws sso login`), or select "
                     "another profile with AWS_PROFILE=name") from None
-            if code in ("404", "NoSuchBucket") and create:
+            kind = s3errors.s3_error_kind(code)
+            if kind in (s3errors.MISSING, s3errors.NO_BUCKET) and create:
                 await client.create_bucket(Bucket=bucket)
                 return
-            if code in ("404", "NoSuchBucket"):
+            if kind in (s3errors.MISSING, s3errors.NO_BUCKET):
                 raise ConfigurationError(
                     f"S3 bucket {bucket!r} does not exist. Create it first "
                     f"(`dask-lambda deploy --bucket {bucket}` or `aws s3 mb s3://{bucket}`), "
                     "or name an existing bucket: LambdaClient(\"s3://my-bucket/dask\").") from None
-            if code in ("403", "AccessDenied", "Forbidden"):
+            if kind == s3errors.DENIED:
                 raise ConfigurationError(
                     f"no access to S3 bucket {bucket!r} (HTTP 403): it belongs to another "
                     "account or your credentials lack s3:ListBucket/GetObject/PutObject on it "

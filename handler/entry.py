@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import compat, env, runner, trigger
+from . import compat, env, records, runner, trigger
 
 
 def handler(event: dict, context: Any) -> dict:
@@ -18,15 +18,15 @@ def handler(event: dict, context: Any) -> dict:
     compat.install()  # this process runs tasks: distributed's worker APIs explain themselves
     if "Records" in event:  # S3-trigger mode: an ObjectCreated notification
         return trigger.handle_records(event, context)
-    op = event.get("op")
-    if op == "ping":
-        answer: dict = {"status": "ok", "versions": env.versions()}
-        if event.get("key"):  # and whether this environment can read its signing key
-            answer["key"] = env.key_check()
-        return answer
-    if op == "run":
-        return runner.run(event, context)
-    raise ValueError(f"unknown dask-lambda event op {op!r}; expected 'run' or 'ping'")
+    op = records.op(event)
+    if op == records.PING:  # and, if asked, whether this environment can read its key
+        ping = records.PingEvent.from_wire(event)
+        return records.PingAnswer(env.versions(),
+                                  env.key_check() if ping.key else None).to_wire()
+    if op == records.RUN:
+        return runner.run(records.InvokeEvent.from_wire(event), context).to_wire()
+    raise ValueError(f"unknown dask-lambda event op {op!r}; expected {records.RUN!r} or "
+                     f"{records.PING!r}")
 
 
 #: The same, by its older name (``runner.handle``).

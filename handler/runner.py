@@ -3,18 +3,19 @@
 Anything wrong with the job itself (bad signature, missing object, no permission) raises
 out of the handler, which Lambda reports as a function error; ``status == "error"`` in the
 response means the *task* raised, and its payload holds the exception and its traceback.
-The events and responses are `dask_lambda_handler.protocol`'s records.
+The event and response are `dask_lambda_handler.records`' `InvokeEvent` and `InvokeResponse`.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import time
 from typing import Any
 
-from . import compat, env, inputs, protocol, s3io
+from . import compat, env, inputs, protocol, records, s3io
 from .capture import captured_output
 from .client_paths import note_client_paths
 from .errors import NotAvailableInLambda, OutputTooLargeError  # noqa: F401  (importable here)
@@ -42,20 +43,20 @@ def execute(func: Any, args: tuple, kwargs: dict, box: dict) -> tuple:
     return "ok", {"kind": "result", "type": typename}, frames, sizeof(result), typename
 
 
-def run(event: dict, context: Any) -> dict:
+def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
+    """Run the job ``event`` names and answer with its outcome (see the module docstring)."""
     global _COLD
     cold, _COLD = _COLD, False
     t0 = time.time()
     counts0 = s3io.COUNTS.copy()
     captured: dict = {}
-    bucket = event["bucket"]
-    key = env.run_key(event["job_key"])
-    if event.get("job") is not None:
-        raw = bytearray(base64.b64decode(event["job"]))
+    bucket = event.bucket
+    key = env.run_key(event.job_key)
+    if event.job is not None:
+        raw = bytearray(base64.b64decode(event.job))
     else:
-        raw = s3io.get(env.s3(), bucket, event["job_key"], env.transfer_concurrency())
-    job = protocol.decode(raw, key,
-                          protocol.identity(bucket, protocol.job_identity(event["job_key"])))
+        raw = s3io.get(env.s3(), bucket, event.job_key, env.transfer_concurrency())
+    job = protocol.decode(raw, key, protocol.identity(bucket, protocol.job_identity(event.job_key)))
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
     t1 = time.time()
@@ -75,44 +76,36 @@ def run(event: dict, context: Any) -> dict:
         del func, args, kwargs
     t2 = time.time()
 
-    stats = {
-        "cold": cold,
-        "read_s": t1 - t0,
-        "run_s": t2 - t1,
-        "request_id": getattr(context, "aws_request_id", None),
-        "pid": os.getpid(),
-    }
-    header["stats"] = stats
-    at = protocol.identity(bucket, event["result_key"])  # also when it travels inline
+    stats = records.RunStats(cold=cold, read_s=t1 - t0, run_s=t2 - t1,
+                             request_id=getattr(context, "aws_request_id", None), pid=os.getpid())
+    header["stats"] = stats.to_wire()
+    at = protocol.identity(bucket, event.result_key)  # also when it travels inline
     parts = protocol.encode_parts(header, frames, key, at)
     nbytes = protocol.parts_size(parts)
-    max_output = event.get("max_output")
-    if status == "ok" and max_output is not None and nbytes > int(max_output):
+    if status == "ok" and event.max_output is not None and nbytes > event.max_output:
         status, header, frames, size, typename = failed(OutputTooLargeError(
             f"the task's output is {nbytes:,} bytes encoded, more than max-output="
-            f"{int(max_output):,}; it was not stored. Return less (e.g. write large data to S3 "
+            f"{event.max_output:,}; it was not stored. Return less (e.g. write large data to S3 "
             "inside the task and return its path), or raise the limit: "
             f"LambdaClient(..., max_output={2 * nbytes}) or DASK_LAMBDA__MAX_OUTPUT"))
-        header["stats"] = stats
+        header["stats"] = stats.to_wire()
         parts = protocol.encode_parts(header, frames, key, at)
         nbytes = protocol.parts_size(parts)
-    response: dict = {"status": status, "nbytes": nbytes, "size": size, "type": typename,
-                      "stats": stats, "result": None, "result_key": None,
-                      "log": captured.get("log")}
-    if nbytes <= int(event.get("inline_max", 0)) and protocol.fits_inline(
-            nbytes, len(json.dumps(response)) + 1024):  # 1024: the stats added below
-        response["result"] = base64.b64encode(b"".join(parts)).decode()
+    response = records.InvokeResponse(status=status, nbytes=nbytes, size=size, type=typename,
+                                      log=captured.get("log"))
+    # 1024: what the stats and this response's other fields add to the payload
+    if nbytes <= event.inline_max and protocol.fits_inline(
+            nbytes, len(json.dumps(response.to_wire())) + 1024):
+        response = dataclasses.replace(response, result=base64.b64encode(b"".join(parts)).decode())
     else:
-        protocol.refuse_jobs_prefix(event["result_key"], event.get("job_key"))
-        s3io.put(env.s3(), bucket, event["result_key"], parts, env.transfer_concurrency())
-        response["result_key"] = event["result_key"]
+        protocol.refuse_jobs_prefix(event.result_key, event.job_key)
+        s3io.put(env.s3(), bucket, event.result_key, parts, env.transfer_concurrency())
+        response = dataclasses.replace(response, result_key=event.result_key)
     del parts, frames
-    stats["write_s"] = time.time() - t2
-    stats["peak_rss_mb"] = _peak_rss_mb()
-    stats["duration_s"] = time.time() - t0
-    stats["s3_gets"] = s3io.COUNTS["get"] - counts0["get"]
-    stats["s3_puts"] = s3io.COUNTS["put"] - counts0["put"]
-    return response
+    t3 = time.time()
+    return response.with_stats(dataclasses.replace(
+        stats, write_s=t3 - t2, peak_rss_mb=_peak_rss_mb(), duration_s=t3 - t0,
+        s3_gets=s3io.COUNTS["get"] - counts0["get"], s3_puts=s3io.COUNTS["put"] - counts0["put"]))
 
 
 def _peak_rss_mb() -> float:

@@ -16,13 +16,29 @@ MISSING = "missing"
 #: the handler).
 DENIED = "denied"
 
+#: The bucket does not exist.
+NO_BUCKET = "no-bucket"
+#: A conditional write found the object there (``If-None-Match: *``): someone has it.
+EXISTS = "exists"
+#: A conditional write met another write of the same key in progress: S3's API reference
+#: says to retry it.
+CONFLICT = "conflict"
+
 #: S3 error codes by kind. A bare status ("404", "403") is what botocore reports for an
-#: answer without an XML body (a HEAD, or a proxy in the way).
+#: answer without an XML body (a HEAD, or a proxy in the way); "NotFound" and "Forbidden"
+#: are how some of its versions name those.
 KINDS = {
     "NoSuchKey": MISSING,
+    "NotFound": MISSING,
     "404": MISSING,
+    "NoSuchBucket": NO_BUCKET,
     "AccessDenied": DENIED,
+    "Forbidden": DENIED,
     "403": DENIED,
+    "PreconditionFailed": EXISTS,
+    "412": EXISTS,
+    "ConditionalRequestConflict": CONFLICT,
+    "409": CONFLICT,
 }
 
 
@@ -35,8 +51,14 @@ def error_code(exc: BaseException) -> str:
 
 
 def s3_error_kind(code: str) -> str | None:
-    """`MISSING`, `DENIED`, or ``None`` (not an error dask-lambda maps: raise it as it is)."""
+    """`MISSING`, `DENIED`, ... (`KINDS`), or ``None`` (not an error dask-lambda maps: raise
+    it as it is)."""
     return KINDS.get(code)
+
+
+def kind(exc: BaseException) -> str | None:
+    """The kind (`KINDS`) of a botocore ``ClientError``; ``None`` for any other error."""
+    return KINDS.get(error_code(exc))
 
 
 def layout_prefixes(key: str) -> tuple[str, str]:

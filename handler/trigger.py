@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import env, protocol, runner, s3errors
+from . import env, protocol, records, runner, s3errors
 
 state_keys = protocol.state_keys
 
@@ -49,8 +49,6 @@ def handle_records(event: dict, context: Any) -> dict:
         jobs.append(_run_job_object(bucket, key, context))
     return {"status": "ok", "jobs": jobs}
 
-
-_code = s3errors.error_code  # of a botocore ClientError
 
 #: Attempts at a claim that S3 answers 409 ConditionalRequestConflict, and the first wait.
 CLAIM_ATTEMPTS = 6
@@ -69,11 +67,10 @@ def _claim(client: Any, bucket: str, claim: str, body: bytes) -> bool:
             client.put_object(Bucket=bucket, Key=claim, IfNoneMatch="*", Body=body)
             return True
         except Exception as exc:
-            code = _code(exc)
-            if code in ("PreconditionFailed", "412"):
+            kind = s3errors.kind(exc)
+            if kind == s3errors.EXISTS:
                 return False
-            if code not in ("ConditionalRequestConflict", "409") or \
-                    attempt == CLAIM_ATTEMPTS - 1:
+            if kind != s3errors.CONFLICT or attempt == CLAIM_ATTEMPTS - 1:
                 raise
             time.sleep(_CLAIM_BACKOFF * 2**attempt)  # another write of it is under way
     raise AssertionError("unreachable")
@@ -100,7 +97,7 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if _code(exc) in ("404", "NoSuchKey", "NotFound"):  # its run finished: nothing to do
+        if s3errors.kind(exc) == s3errors.MISSING:  # its run finished: nothing to do
             return _skipped(key, "the job object is gone")
         raise
     request_id = getattr(context, "aws_request_id", None)
@@ -114,14 +111,13 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     if not _claim(client, bucket, claim, json.dumps(
             {"request_id": request_id, "time": time.time()}).encode()):
         return _skipped(key, "duplicate delivery: the job was already claimed")
-    event: dict = {"op": "run", "bucket": bucket, "job_key": key, "result_key": result_key,
-                   "inline_max": 0, **options}
+    max_output = options.get("max_output")
+    event = records.InvokeEvent(bucket=bucket, job_key=key, result_key=result_key,
+                                max_output=None if max_output is None else int(max_output))
     try:
         response = runner.run(event, context)
-        stats = response.setdefault("stats", {})
-        stats["s3_gets"] = stats.get("s3_gets", 0) + _GETS
-        stats["s3_puts"] = stats.get("s3_puts", 0) + _PUTS
-        record: dict = {"kind": "done", "response": response}
+        response = response.with_stats(response.stats.requests(_GETS, _PUTS))
+        record: dict = {"kind": "done", "response": response.to_wire()}
     except Exception as exc:  # the handler failed (not the task): tell the client
         record = {"kind": "done", "error": {"errorType": type(exc).__name__,
                                             "errorMessage": str(exc),

@@ -724,6 +724,8 @@ def test_a_timeout_at_the_memory_limit_is_out_of_memory_and_billed_as_reported()
 def test_billed_duration_is_read_from_the_report_line():
     """Since 2025-08-01 Lambda bills a cold start's INIT phase: the REPORT line's Billed
     Duration says what was billed, the handler's own timing cannot."""
+    from dask_lambda_handler.records import RunStats
+
     from dask_lambda.cost import CostMeter, invocation_ms
 
     tail = base64.b64encode(
@@ -735,5 +737,5 @@ def test_billed_duration_is_read_from_the_report_line():
     assert answer["stats"] == {"duration_s": 0.39, "billed_ms": 662, "max_memory_mb": 301,
                                "init_ms": 265.72}
     meter = CostMeter(1024)
-    meter.settle(invocation_ms(answer["stats"]))
+    meter.settle(invocation_ms(RunStats.from_wire(answer["stats"])))
     assert meter.billed_ms == 662

@@ -30,9 +30,9 @@ def region(s3: Any, bucket: str) -> str | None:
     try:
         answer = s3.head_bucket(Bucket=bucket)
     except Exception as exc:
-        if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+        if s3errors.kind(exc) in (s3errors.MISSING, s3errors.NO_BUCKET):
             return None
-        if _code(exc) in ("403", "AccessDenied"):
+        if s3errors.kind(exc) == s3errors.DENIED:
             raise DeployError(
                 f"the bucket {bucket!r} exists and you may not use it (HTTP 403): it belongs to "
                 "another account (bucket names are global) or your credentials lack "
@@ -263,7 +263,7 @@ def remove(s3: Any, bucket: str, prefix: str, function: str) -> list[str]:
         s3.delete_object(Bucket=bucket, Key=names.code_key(prefix, function))
         n += 1
     except Exception as exc:
-        if _code(exc) not in ("404", "NoSuchKey", "NotFound"):
+        if s3errors.kind(exc) != s3errors.MISSING:
             raise
     if n:
         done.append(f"deleted {n} dask-lambda objects")
