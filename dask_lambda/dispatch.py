@@ -26,6 +26,7 @@ from typing import Any
 
 from dask_lambda_handler import protocol, records
 
+from . import limits
 from .backends.base import Backend
 from .cost import CostMeter, billed_ms, invocation_ms
 from .counters import ExecutorStats
@@ -57,7 +58,7 @@ _ADVICE = {
 def _fits_inline(nbytes: int, event: records.InvokeEvent) -> bool:
     """Whether a job of ``nbytes`` fits in ``event`` within Lambda's invoke payload limit (the
     ``inline-max`` setting may allow more than fits, once base64 and JSON are counted)."""
-    if 4 * -(-nbytes // 3) < protocol.INVOKE_PAYLOAD_LIMIT // 2:  # far below: nothing to count
+    if 4 * -(-nbytes // 3) < limits.SYNC_PAYLOAD_BYTES // 2:  # far below: nothing to count
         return True
     # the result key the attempts add is about as long as the job key
     envelope = len(json.dumps(event.to_wire())) + 2 * len(event.job_key) + 64

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import limits
 from .errors import (
     DaskLambdaError,
     FunctionError,
@@ -29,6 +30,19 @@ from .errors import (
     LambdaTimeoutError,
     PermissionDeniedError,
 )
+
+
+def longer_timeout(timeout: float) -> int:
+    """A function timeout to advise for a task that timed out at ``timeout`` s: twice as long,
+    within Lambda's limit."""
+    return int(min(limits.MAX_TIMEOUT_S, timeout * 2))
+
+
+def more_memory(memory: int) -> int:
+    """A memory (MB) to advise for a task that ran out of ``memory``: twice as much, within
+    Lambda's limit."""
+    return min(limits.MEMORY_MB[1], memory * 2)
+
 
 # -- the REPORT line --------------------------------------------------------------------------
 
@@ -145,7 +159,7 @@ def _function_error(err: dict, log: str, report: Report, *, request_id: str, mem
         seconds = float(timed_out.group(1)) if timed_out else timeout
         return LambdaTimeoutError(
             f"Task timed out after {seconds:.2f} seconds (request {request_id}). Raise the "
-            f"function timeout, e.g. {fix('timeout', int(min(900, timeout * 2)))}, or split "
+            f"function timeout, e.g. {fix('timeout', longer_timeout(timeout))}, or split "
             "the task into smaller ones.")
     if etype == "Runtime.OutOfMemory" or full or (
             "signal: killed" in text and peak is not None and peak >= memory * 0.95):
@@ -154,7 +168,7 @@ def _function_error(err: dict, log: str, report: Report, *, request_id: str, mem
         return LambdaOutOfMemoryError(
             f"Runtime exited: {how}. The task used {peak or memory} MB, the function's "
             f"{memory} MB (request {request_id}). Give it more, e.g. "
-            f"{fix('memory', min(10240, memory * 2))}, or use smaller partitions/chunks.")
+            f"{fix('memory', more_memory(memory))}, or use smaller partitions/chunks.")
     if etype in _CRASH_TYPES or _CRASHED.search(text):
         return HandlerCrashedError(
             f"{text or etype} while running the task (request {request_id}): the execution "

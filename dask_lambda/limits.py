@@ -6,6 +6,11 @@ from here. Standard library only, and nothing runs at import.
 
 from __future__ import annotations
 
+# the handler's own (it respects them too, and imports nothing of dask_lambda)
+from dask_lambda_handler.limits import S3_MAX_PARTS, S3_MIN_PART_BYTES, SYNC_PAYLOAD_BYTES
+
+__all__ = ["S3_MAX_PARTS", "S3_MIN_PART_BYTES", "SYNC_PAYLOAD_BYTES"]
+
 #: Memory of a function, MB (Lambda: "between 128 MB and 10,240 MB in 1-MB increments";
 #: https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
 MEMORY_MB = (128, 10_240)
@@ -15,10 +20,6 @@ MAX_TIMEOUT_S = 900
 #: Unzipped size of a zip function's code plus layers: 250 MB, i.e. 262,144,000 bytes
 #: (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
 UNZIPPED_BYTES = 262_144_000
-#: Request and response payload of a synchronous invoke ("For synchronous invocations, the
-#: maximum payload size is 6 MB"; https://docs.aws.amazon.com/lambda/latest/dg/API_Invoke.html).
-#: Read as decimal megabytes, the smaller of the two readings.
-SYNC_PAYLOAD_BYTES = 6_000_000
 #: Room kept in a payload for what travels beside an inline job or output: the event's and
 #: response's JSON fields, and the task's printed output, which the handler caps at 64 KiB
 #: (``dask_lambda_handler.capture.LOG_LIMIT``) and JSON may escape to six bytes per byte.
@@ -29,6 +30,11 @@ MAX_INLINE_BYTES = (SYNC_PAYLOAD_BYTES - PAYLOAD_ENVELOPE_BYTES) // 4 * 3
 #: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html): the aws
 #: backend's default concurrency.
 DEFAULT_ACCOUNT_CONCURRENCY = 1_000
+#: New execution environments per function per `SCALING_PERIOD_S` seconds ("each function
+#: can scale up by 1,000 execution environments every 10 seconds";
+#: https://docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html).
+SCALING_RATE = 1_000
+SCALING_PERIOD_S = 10.0
 #: Most concurrency one client asks for on aws (ten times the default quota). Not a Lambda
 #: limit: the client holds one connection per invocation in flight and spends 0.5-1 ms of CPU
 #: per task (benchmarks/README.md, scale.py), so it dispatches at most 1,000-2,000 tasks a

@@ -1,9 +1,10 @@
-"""Published AWS prices used for cost estimates and budgets (one place; see AWS-FACTS.md).
+"""Published AWS prices used for cost estimates and budgets (one place).
 
-Figures are us-east-1 list prices as published in late 2026 (Lambda pricing page:
-compute per GB-second billed per 1 ms, requests per million; S3 pricing page: Standard
-storage, PUT/COPY/POST/LIST and GET request tiers). Other regions differ by a few percent:
-pass your own `Prices` for an exact figure. Free tiers are not subtracted.
+Figures are us-east-1 list prices as published in late 2026: Lambda's pricing page
+(https://aws.amazon.com/lambda/pricing/: compute per GB-second billed per 1 ms, requests per
+million) and S3's (https://aws.amazon.com/s3/pricing/: Standard storage, PUT/COPY/POST/LIST
+and GET request tiers). Other regions differ by a few percent: pass your own `Prices` for an
+exact figure. Free tiers are not subtracted.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Lambda gives a function at most `SCALING_RATE` new execution environments every
 `SCALING_PERIOD` seconds, up to the account's concurrency (1,000 per Region by
 default, sometimes less on new accounts); past either it refuses invocations with
-429 TooManyRequests (AWS-FACTS.md; Lambda scaling and quotas docs).
+429 TooManyRequests ("Lambda scaling behavior",
+https://docs.aws.amazon.com/lambda/latest/dg/scaling-behavior.html, and "Lambda quotas",
+https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
 
 `Governor` paces a client's invocations so that it
 
@@ -27,10 +29,11 @@ import asyncio
 from collections import deque
 from time import monotonic
 
-#: New execution environments per function per `SCALING_PERIOD` (Lambda scaling docs).
-SCALING_RATE = 1000
-#: Seconds of the scaling window.
-SCALING_PERIOD = 10.0
+from . import limits
+
+#: Lambda's scaling rate (the numbers are `dask_lambda.limits`').
+SCALING_RATE = limits.SCALING_RATE
+SCALING_PERIOD = limits.SCALING_PERIOD_S
 
 
 class Governor:

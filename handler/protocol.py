@@ -55,6 +55,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import limits
+
 PROTOCOL_VERSION = 2
 #: Distributions whose versions a ping answer reports (beside Python's and the protocol's):
 #: those whose objects travel pickled, so the client can refuse a handler that differs.
@@ -409,33 +411,29 @@ def byte_ranges(total: int, size: int) -> list[tuple[int, int]]:
 
 #: Objects above this size are uploaded in parts and downloaded in ranges, in parallel.
 MULTIPART_THRESHOLD = 32 * 2**20
-#: Part and range size (S3 needs at least 5 MB per part; at most 10,000 parts).
-PART_SIZE = 16 * 2**20
+#: Part and range size (at least S3's smallest part; `part_size_for` keeps within its
+#: most parts).
+PART_SIZE = max(16 * 2**20, limits.S3_MIN_PART_BYTES)
 #: Parts moved at once per object. A local S3 server gains nothing from parallel parts, and
 #: moto reads a whole object for each ranged GET: the local backend sets 1 through this variable.
 TRANSFER_CONCURRENCY = 8
 TRANSFER_CONCURRENCY_ENV = "DASK_LAMBDA_TRANSFER_CONCURRENCY"
 
 
-#: Most bytes of a synchronous invoke's request, and of its response, JSON and all (Lambda
-#: quotas: "6 MB each for request and response"; beyond it Invoke answers 413
-#: RequestTooLargeException, or the function's answer fails).
-INVOKE_PAYLOAD_LIMIT = 6 * 2**20
-
-
 def fits_inline(nbytes: int, envelope: int) -> bool:
     """Whether ``nbytes`` of payload, base64-encoded as a JSON string inside a JSON document
-    of ``envelope`` other bytes, stays within `INVOKE_PAYLOAD_LIMIT`.
+    of ``envelope`` other bytes, stays within Lambda's synchronous payload limit
+    (`limits.SYNC_PAYLOAD_BYTES`).
 
     >>> fits_inline(4_000_000, 1_000), fits_inline(4_800_000, 1_000)
     (True, False)
     """
-    return envelope + 4 * -(-nbytes // 3) + 2 <= INVOKE_PAYLOAD_LIMIT
+    return envelope + 4 * -(-nbytes // 3) + 2 <= limits.SYNC_PAYLOAD_BYTES
 
 
 def part_size_for(total: int) -> int:
-    """A part size that keeps ``total`` within S3's 10,000 parts."""
-    return max(PART_SIZE, -(-total // 10_000))
+    """A part size that keeps ``total`` within S3's most parts."""
+    return max(PART_SIZE, -(-total // limits.S3_MAX_PARTS))
 
 
 @dataclass(frozen=True)
