@@ -211,9 +211,9 @@ def sleeper(latency: tuple[float, float], cold_start: tuple[float, float],
     Its ``counters`` are in the simulated Lambda's terms."""
     import random
 
-    from dask_lambda.gateway.executor import _AsyncExecutor
+    from dask_lambda.gateway.async_executor import AsyncExecutor
 
-    class Sleeper(_AsyncExecutor):
+    class Sleeper(AsyncExecutor):
         def __init__(self) -> None:
             super().__init__()
             self.rng = random.Random(0)

@@ -31,7 +31,7 @@ def summary(cluster: Any) -> dict[str, str]:
     facts["Concurrency"] = f"{settings.concurrency:,} tasks at once"
     executor = cluster.executor
     stats = cluster.lambda_stats()
-    facts["In flight"] = str(len(executor._running) if executor is not None else 0)
+    facts["In flight"] = str(executor.in_flight if executor is not None else 0)
     facts["Invocations"] = (f"{stats.get('invocations', 0):,} "
                             f"({stats.get('cold_starts', 0):,} cold starts)")
     facts["Cost so far"] = f"${cluster.cost.dollars():.4f}"

@@ -18,8 +18,6 @@ All of this is a coroutine on the worker's event loop: no thread per task.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import threading
 from time import time
 from typing import Any
@@ -28,7 +26,7 @@ from dask.utils import key_split
 from dask_lambda_handler import protocol
 
 from .. import batching, serialize
-from .._compat import Alias, DataNode, run_task_simple
+from .._compat import Alias, DataNode
 from ..backends.base import Backend
 from ..cost import CostMeter
 from ..counters import ExecutorStats
@@ -43,6 +41,7 @@ from ..errors import (
 from ..outputs import Outputs
 from ..shipping import Shipping
 from ..store import S3Store
+from .async_executor import AsyncExecutor
 
 #: Task types the gateway runs itself: an Alias renames another output (a persisted
 #: partition, say) and a DataNode holds a literal; shipping either would copy data for nothing.
@@ -60,59 +59,7 @@ def _type_named(name: str) -> type:
     return obj if isinstance(obj, type) else protocol.ObjectRef
 
 
-class _AsyncExecutor(concurrent.futures.Executor):
-    """An Executor whose work is a coroutine on the worker's event loop (no thread per task).
-
-    The worker calls ``submit(_run_task_simple, task_spec, data, delay)`` from its event
-    loop; subclasses implement ``_run_task(task_spec, data, delay)`` returning the message
-    ``_run_task_simple`` would have returned.
-    """
-
-    def __init__(self) -> None:
-        self._running: dict[asyncio.Task, asyncio.AbstractEventLoop] = {}
-        #: The running task of each key (a key runs once at a time on the worker).
-        self._by_key: dict[Any, asyncio.Task] = {}
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> asyncio.Future:  # type: ignore[override]
-        """Start ``fn(*args)`` on the running (worker's) loop; returns its asyncio task.
-
-        The worker awaits what this returns through ``loop.run_in_executor``, which hands
-        an asyncio future through as it is (`asyncio.wrap_future`): no concurrent future,
-        no thread hand-off and no wake-up of the loop through its self-pipe per task.
-        """
-        loop = asyncio.get_running_loop()  # the worker's event loop
-        if fn is not run_task_simple or kwargs:
-            refused = loop.create_future()
-            refused.set_exception(DaskLambdaError(
-                f"dask-lambda can only run Dask tasks, not {fn!r}: actors and custom "
-                "worker executors are not supported in Lambda"))
-            return refused
-        key = args[0].key
-        task = loop.create_task(self._run_task(*args))
-        self._running[task] = loop
-        self._by_key[key] = task
-        task.add_done_callback(functools.partial(self._forget, key))
-        self._started(loop)
-        return task
-
-    def _forget(self, key: Any, task: asyncio.Task) -> None:
-        self._running.pop(task, None)
-        if self._by_key.get(key) is task:
-            del self._by_key[key]
-
-    def _started(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hook: called on each submit, on the worker's loop."""
-
-    async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
-        raise NotImplementedError
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        # Called from a thread by Worker.close: cancel in-flight tasks on their loop.
-        for task, loop in list(self._running.items()):
-            loop.call_soon_threadsafe(task.cancel)
-
-
-class LambdaExecutor(_AsyncExecutor):
+class LambdaExecutor(AsyncExecutor):
     """Run the worker's tasks in Lambda (see the module docstring).
 
     Parameters
@@ -345,61 +292,3 @@ def _in_task(key: Any, exc: DaskLambdaError, prefixes: tuple[str, ...]) -> DaskL
     if isinstance(exc, FunctionError):  # keep the handler's error type
         return type(exc)(message, exc.error_type)
     return type(exc)(message)
-
-
-class LocalTaskExecutor(_AsyncExecutor):
-    """Runs tasks annotated ``dask.annotate(executor="local")`` here, in threads.
-
-    For tiny tasks, or tasks that need this machine; their inputs that are kept in S3 are
-    downloaded first, and their outputs stay in this process.
-
-    Parameters
-    ----------
-    lambda_executor
-        The gateway's Lambda executor (for downloading inputs kept in S3).
-    threads
-        Threads for local tasks.
-    """
-
-    def __init__(self, lambda_executor: LambdaExecutor, threads: int):
-        super().__init__()
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._lambda = lambda_executor
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dask-lambda-local")
-        self.tasks = 0
-
-    async def _run_task(self, task: Any, data: dict, delay: float) -> dict:
-        refs = [v for v in data.values() if isinstance(v, protocol.ObjectRef)]
-        if refs:
-            values = await self._lambda.outputs.load(refs)
-            data = {k: values[v] if isinstance(v, protocol.ObjectRef) else v
-                    for k, v in data.items()}
-        self.tasks += 1
-        loop = asyncio.get_running_loop()
-        run: Any = run_task_simple  # returns the worker's message (a TypedDict)
-        return await loop.run_in_executor(self._pool, run, task, data, delay)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        super().shutdown(wait, cancel_futures=cancel_futures)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def gateway_metrics(executor: LambdaExecutor) -> dict:
-    """Worker metrics that put the Lambda side on the dashboard's worker table."""
-    stats = executor.stats
-    backend = executor.backend
-    return {
-        "lambda_concurrency": lambda w: executor.dispatch.governor.concurrency,
-        "lambda_in_flight": lambda w: len(executor._running),
-        "lambda_invocations": lambda w: backend.invocations,
-        "lambda_cold_starts": lambda w: backend.cold_starts,
-        "lambda_retries": lambda w: stats.retries,
-        "lambda_throttled": lambda w: stats.throttled,
-        "lambda_bytes_sent": lambda w: stats.bytes_sent,
-        "lambda_bytes_received": lambda w: stats.bytes_received,
-        "lambda_s3_bytes_kept": lambda w: stats.output_bytes_in_s3,
-        "lambda_shared_bytes": lambda w: stats.shared_bytes,
-        "lambda_shared_bytes_saved": lambda w: stats.shared_bytes_saved,
-        "lambda_cost_usd": lambda w: executor.cost.dollars(),
-    }
