@@ -66,7 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _cleanup(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dask_lambda_handler import protocol
+    from dask_lambda_handler import s3keys
 
     from . import runs, settings
     from .store import S3Store
@@ -88,7 +88,7 @@ def _cleanup(args: argparse.Namespace) -> int:
         try:
             await store.check_bucket()
             return await runs.cleanup_stale_runs(
-                store, protocol.Layout(bucket, prefix, "cleanup"), older_than, heartbeat)
+                store, s3keys.Layout(bucket, prefix, "cleanup"), older_than, heartbeat)
         finally:
             await store.close()
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
@@ -93,7 +93,7 @@ class LambdaCluster(SpecCluster):
         self.settings = FunctionSettings(
             concurrency=settings.concurrency, memory=settings.memory,
             timeout=settings.function_timeout, signing_key=secrets.token_bytes(32))
-        self.layout = protocol.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
+        self.layout = s3keys.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
 
         self.backend: Backend
         if isinstance(settings.backend, Backend):  # injected: it takes the settings built here

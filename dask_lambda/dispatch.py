@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from time import time
 from typing import Any
 
-from dask_lambda_handler import protocol, records
+from dask_lambda_handler import protocol, records, s3keys
 
 from . import limits
 from .backends.base import Backend
@@ -92,7 +92,7 @@ class Dispatcher:
         can; ``None``: no retry.
     """
 
-    def __init__(self, backend: Backend, outputs: Outputs, layout: protocol.Layout, *,
+    def __init__(self, backend: Backend, outputs: Outputs, layout: s3keys.Layout, *,
                  signing_key: bytes, stats: ExecutorStats, cost: CostMeter, inline_max: int,
                  retries: int, locality: bool = True, max_output: int | None = None,
                  oom_retry_memory: int | None = None):
@@ -122,8 +122,8 @@ class Dispatcher:
 
     def job(self, key: Any, header: dict, frames: list) -> tuple[str, list]:
         """``(token, parts)``: the signed job of task ``key``, bound to its job key."""
-        token = protocol.task_token(key) + f"-{next(self._seq)}"
-        at = protocol.identity(self.layout.bucket, self.layout.job_key(token, 0))
+        token = s3keys.task_token(key) + f"-{next(self._seq)}"
+        at = s3keys.identity(self.layout.bucket, self.layout.job_key(token, 0))
         return token, protocol.encode_parts(header, frames, self.signing_key, at)
 
     async def run(self, token: str, parts: list, key: Any = None,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 from dask.sizeof import sizeof
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from . import serialize
 from .counters import ExecutorStats
@@ -110,7 +110,7 @@ class Outputs:
         How often an output a gather could not read is computed again before it fails.
     """
 
-    def __init__(self, store: S3Store, layout: protocol.Layout, *, signing_key: bytes,
+    def __init__(self, store: S3Store, layout: s3keys.Layout, *, signing_key: bytes,
                  stats: ExecutorStats, share_min: int | None, retries: int):
         self.store = store
         self.layout = layout
@@ -132,7 +132,7 @@ class Outputs:
 
     def decode(self, blob: bytearray, key: str) -> protocol.Payload:
         """Verify ``blob`` as the payload of object ``key`` (or, inline, standing for it)."""
-        return protocol.decode(blob, self.signing_key, protocol.identity(self.layout.bucket, key))
+        return protocol.decode(blob, self.signing_key, s3keys.identity(self.layout.bucket, key))
 
     async def fetch(self, ref: protocol.ObjectRef, *, release: bool) -> protocol.Payload:
         """Download and verify an output object; ``release`` deletes it afterwards."""
@@ -145,7 +145,7 @@ class Outputs:
         self.stats.bytes_received += len(blob)
         if release:
             self.discard(ref.key)
-        return protocol.decode(blob, self.signing_key, protocol.identity(ref.bucket, ref.key))
+        return protocol.decode(blob, self.signing_key, s3keys.identity(ref.bucket, ref.key))
 
     async def load(self, refs: Iterable[protocol.ObjectRef]) -> dict:
         """Values of outputs kept in S3 (for a gather or a local task); the objects stay."""
@@ -253,12 +253,12 @@ class Outputs:
                 self.discard(ref.key)
 
     async def _upload_value(self, key: Any, value: Any) -> protocol.ObjectRef:
-        token = protocol.task_token(key) + f"-{next(self._seq)}-value"
+        token = s3keys.task_token(key) + f"-{next(self._seq)}-value"
         object_key = self.layout.result_key(token, 0)
         frames = serialize.dumps(value)
         parts = protocol.encode_parts({"kind": "result", "type": protocol.type_name(value)},
                                       frames, self.signing_key,
-                                      protocol.identity(self.layout.bucket, object_key))
+                                      s3keys.identity(self.layout.bucket, object_key))
         nbytes = protocol.parts_size(parts)
         await self.store.put(object_key, parts)
         self.stats.bytes_sent += nbytes

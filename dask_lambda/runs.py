@@ -21,7 +21,7 @@ import os
 import socket
 import time
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import s3keys
 
 from .store import S3Store
 
@@ -30,7 +30,7 @@ from .store import S3Store
 MIN_STALE_BEATS = 3
 
 
-async def write_marker(store: S3Store, layout: protocol.Layout, started: float) -> None:
+async def write_marker(store: S3Store, layout: s3keys.Layout, started: float) -> None:
     body = json.dumps({"run": layout.run, "started": started, "heartbeat": time.time(),
                        "host": socket.gethostname(), "pid": os.getpid()}).encode()
     await store.put(layout.run_marker, [body])
@@ -40,7 +40,7 @@ def _run_of(key: str, root: str) -> str:
     return key[len(root):].split("/", 1)[0].removesuffix(".json")
 
 
-async def cleanup_stale_runs(store: S3Store, layout: protocol.Layout, older_than: float,
+async def cleanup_stale_runs(store: S3Store, layout: s3keys.Layout, older_than: float,
                              heartbeat: float) -> dict[str, int]:
     """Delete the objects of runs (other than ``layout.run``) idle for ``older_than`` seconds
     by S3's clock.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from . import serialize
 from .counters import ExecutorStats
@@ -30,7 +30,7 @@ class Shipping:
         The counters to add to (bytes sent).
     """
 
-    def __init__(self, store: S3Store, layout: protocol.Layout, *, signing_key: bytes,
+    def __init__(self, store: S3Store, layout: s3keys.Layout, *, signing_key: bytes,
                  stats: ExecutorStats):
         self.store = store
         self.layout = layout
@@ -72,7 +72,7 @@ class Shipping:
                 key = self.layout.file_key(sha, name)
                 parts = protocol.encode_parts({"kind": "file", "name": name, "sha": sha},
                                               [data], self.signing_key,
-                                              protocol.identity(self.layout.bucket, key))
+                                              s3keys.identity(self.layout.bucket, key))
                 await self.store.put(key, parts)
                 self.stats.bytes_sent += protocol.parts_size(parts)
                 self._shipped[sha] = key

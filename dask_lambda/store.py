@@ -15,7 +15,7 @@ import email.utils
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from dask_lambda_handler import protocol, s3errors
+from dask_lambda_handler import protocol, s3errors, transfer
 
 from .errors import ConfigurationError, PermissionDeniedError
 
@@ -79,7 +79,7 @@ class S3Store:
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None,
                  region: str | None = None, credentials: dict | None = None,
-                 transfer_concurrency: int = protocol.TRANSFER_CONCURRENCY):
+                 transfer_concurrency: int = transfer.TRANSFER_CONCURRENCY):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
@@ -208,7 +208,7 @@ class S3Store:
         """Upload buffers as one object without joining them; large ones in parallel parts."""
         total = protocol.parts_size(parts)
         self.bytes_up += total
-        if total <= protocol.MULTIPART_THRESHOLD:
+        if total <= transfer.MULTIPART_THRESHOLD:
             self.requests += 1
             with _mapped("s3:PutObject", self.bucket, key):
                 await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
@@ -235,7 +235,7 @@ class S3Store:
         try:
             pending = []
             for number, chunk in enumerate(
-                    protocol.iter_chunks(parts, protocol.part_size_for(total)), 1):
+                    transfer.iter_chunks(parts, transfer.part_size_for(total)), 1):
                 await slots.acquire()  # at most transfer_concurrency parts in memory
                 pending.append(asyncio.ensure_future(send(number, chunk)))
             done = await asyncio.gather(*pending)
@@ -257,7 +257,7 @@ class S3Store:
         total = head["ContentLength"]
         out = bytearray(total)
         view = memoryview(out)
-        if total <= protocol.MULTIPART_THRESHOLD or self.transfer_concurrency == 1:
+        if total <= transfer.MULTIPART_THRESHOLD or self.transfer_concurrency == 1:
             await _fill(head["Body"], view)
         else:
             head["Body"].close()
@@ -272,7 +272,7 @@ class S3Store:
                     await _fill(resp["Body"], view[start:stop])
 
             await asyncio.gather(*(fetch(a, b) for a, b in
-                                   protocol.byte_ranges(total, protocol.PART_SIZE)))
+                                   transfer.byte_ranges(total, transfer.PART_SIZE)))
         self.bytes_down += total
         return out
 

@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any
 
-from . import protocol
+from . import protocol, s3keys, transfer
 from .errors import SigningKeyError
 
 #: The Secrets Manager secret (ARN) holding the key, hex.
@@ -143,7 +143,7 @@ def s3() -> Any:
 
 def transfer_concurrency() -> int:
     """Parts or ranges of one large object moved at once."""
-    return int(os.environ.get(protocol.TRANSFER_CONCURRENCY_ENV, protocol.TRANSFER_CONCURRENCY))
+    return int(os.environ.get(transfer.TRANSFER_CONCURRENCY_ENV, transfer.TRANSFER_CONCURRENCY))
 
 
 # -- the run's keys and what this environment runs --------------------------------------------
@@ -154,7 +154,7 @@ _RUN_KEYS: dict[str, bytes] = {}
 def run_key(key: str) -> bytes:
     """The signing key of the run that job or result ``key`` belongs to (cached: a warm
     environment serves many tasks of few runs)."""
-    run = protocol.run_of(key)
+    run = s3keys.run_of(key)
     found = _RUN_KEYS.get(run)
     if found is None:
         if len(_RUN_KEYS) > 64:

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from typing import Any
 
-from . import compat, env, protocol, s3io
+from . import compat, env, protocol, s3io, s3keys
 from .errors import InputLostError
 
 
@@ -59,7 +59,7 @@ def resolve(args: tuple, key: bytes) -> tuple:
     from concurrent.futures import ThreadPoolExecutor
 
     def load(ref: protocol.ObjectRef) -> Any:
-        expected = protocol.identity(ref.bucket, ref.key)
+        expected = s3keys.identity(ref.bucket, ref.key)
         raw = _INPUTS.get(ref.key)
         if raw is None:
             try:
@@ -102,7 +102,7 @@ def install_files(bucket: str, files: Any, key: bytes) -> None:
         if sha in _INSTALLED:
             continue
         raw = s3io.get(env.s3(), bucket, s3_key, env.transfer_concurrency())
-        payload = protocol.decode(raw, key, protocol.identity(bucket, s3_key))
+        payload = protocol.decode(raw, key, s3keys.identity(bucket, s3_key))
         data = bytes(payload.frames[0])
         if hashlib.sha256(data).hexdigest() != sha:
             raise protocol.PayloadError(f"refused s3://{bucket}/{s3_key}: its content is not "

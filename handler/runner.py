@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from . import compat, env, inputs, protocol, records, s3io
+from . import compat, env, inputs, protocol, records, s3io, s3keys
 from .capture import captured_output
 from .client_paths import note_client_paths
 from .errors import NotAvailableInLambda, OutputTooLargeError  # noqa: F401  (importable here)
@@ -56,7 +56,7 @@ def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
         raw = bytearray(base64.b64decode(event.job))
     else:
         raw = s3io.get(env.s3(), bucket, event.job_key, env.transfer_concurrency())
-    job = protocol.decode(raw, key, protocol.identity(bucket, protocol.job_identity(event.job_key)))
+    job = protocol.decode(raw, key, s3keys.identity(bucket, s3keys.job_identity(event.job_key)))
     if job.header.get("kind") != "job":
         raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
     t1 = time.time()
@@ -79,7 +79,7 @@ def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
     stats = records.RunStats(cold=cold, read_s=t1 - t0, run_s=t2 - t1,
                              request_id=getattr(context, "aws_request_id", None), pid=os.getpid())
     header["stats"] = stats.to_wire()
-    at = protocol.identity(bucket, event.result_key)  # also when it travels inline
+    at = s3keys.identity(bucket, event.result_key)  # also when it travels inline
     parts = protocol.encode_parts(header, frames, key, at)
     nbytes = protocol.parts_size(parts)
     if status == "ok" and event.max_output is not None and nbytes > event.max_output:
@@ -98,7 +98,7 @@ def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
             nbytes, len(json.dumps(response.to_wire())) + 1024):
         response = dataclasses.replace(response, result=base64.b64encode(b"".join(parts)).decode())
     else:
-        protocol.refuse_jobs_prefix(event.result_key, event.job_key)
+        s3keys.refuse_jobs_prefix(event.result_key, event.job_key)
         s3io.put(env.s3(), bucket, event.result_key, parts, env.transfer_concurrency())
         response = dataclasses.replace(response, result_key=event.result_key)
     del parts, frames

@@ -8,7 +8,7 @@ missing or refused reads the same whichever side met it.
 
 from __future__ import annotations
 
-from . import protocol
+from . import s3keys
 
 #: The object does not exist (``FileNotFoundError`` on both sides).
 MISSING = "missing"
@@ -73,11 +73,11 @@ def layout_prefixes(key: str) -> tuple[str, str]:
     ('', 'runs/')
     """
     parts = key.split("/")
-    if len(parts) >= 2 and parts[-2] == protocol.RUNS:  # a run's marker: P/runs/<run>.json
+    if len(parts) >= 2 and parts[-2] == s3keys.RUNS:  # a run's marker: P/runs/<run>.json
         user = "".join(p + "/" for p in parts[:-2])
-        return user, f"{user}{protocol.RUNS}/"
+        return user, f"{user}{s3keys.RUNS}/"
     for depth in range(len(parts) - 3, -1, -1):  # the last kind with a run and a name after it
-        if parts[depth] in (protocol.JOBS, protocol.RESULTS):
+        if parts[depth] in (s3keys.JOBS, s3keys.RESULTS):
             user = "".join(p + "/" for p in parts[:depth])
             return user, f"{user}{parts[depth]}/"
     folder = "".join(p + "/" for p in parts[:-1])

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import protocol, s3errors
+from . import protocol, s3errors, transfer
 from .errors import S3PermissionError
 
 #: Requests made by this process, by kind ("get", "put"), for cost accounting.
@@ -55,18 +55,18 @@ def denied_message(action: str, bucket: str, key: str, code: str) -> str:
             f"{user}results/*")
 
 
-def get(client: Any, bucket: str, key: str, concurrency: int = protocol.TRANSFER_CONCURRENCY
+def get(client: Any, bucket: str, key: str, concurrency: int = transfer.TRANSFER_CONCURRENCY
         ) -> bytearray:
     """Download an object into a writable buffer (in parallel ranges if ``concurrency`` > 1)."""
     head = _checked("s3:GetObject", bucket, key, client.get_object)
     total = head["ContentLength"]
     out = bytearray(total)
     view = memoryview(out)
-    if total <= protocol.MULTIPART_THRESHOLD or concurrency <= 1:
+    if total <= transfer.MULTIPART_THRESHOLD or concurrency <= 1:
         _fill(head["Body"], view)
         return out
     head["Body"].close()
-    ranges = protocol.byte_ranges(total, protocol.PART_SIZE)
+    ranges = transfer.byte_ranges(total, transfer.PART_SIZE)
 
     def fetch(rng: tuple[int, int]) -> None:
         start, stop = rng
@@ -91,15 +91,15 @@ def _fill(body: Any, view: memoryview) -> None:
 
 
 def put(client: Any, bucket: str, key: str, parts: list,
-        concurrency: int = protocol.TRANSFER_CONCURRENCY) -> int:
+        concurrency: int = transfer.TRANSFER_CONCURRENCY) -> int:
     """Upload buffers as one object (in parallel parts when large); returns its size."""
     total = protocol.parts_size(parts)
-    if total <= protocol.MULTIPART_THRESHOLD:
+    if total <= transfer.MULTIPART_THRESHOLD:
         _checked("s3:PutObject", bucket, key, client.put_object, Body=b"".join(parts))
         return total
     upload_id = _checked("s3:PutObject", bucket, key, client.create_multipart_upload)["UploadId"]
     try:
-        chunks: Iterable = protocol.iter_chunks(parts, protocol.part_size_for(total))
+        chunks: Iterable = transfer.iter_chunks(parts, transfer.part_size_for(total))
 
         def send(item: tuple[int, Any]) -> dict:
             number, chunk = item

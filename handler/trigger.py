@@ -5,7 +5,7 @@ a job object under ``P/jobs/`` whose name ends in ``.trigger.job``, and the
 bucket's notification invokes the function with an S3 event.  For each record
 the handler
 
-1. derives the result key with :func:`protocol.result_key_for_job`;
+1. derives the result key with :func:`s3keys.result_key_for_job`;
 2. refuses a job older than the client waits for its claim (``start_within``
    seconds after the job object was written, the client's notification grace
    less a margin): Lambda keeps throttled asynchronous events and delivers them
@@ -21,7 +21,7 @@ the handler
 5. writes a signed completion record ``P/results/<run>/_done/<hh>/<name>.json``
    holding the run's response (or the handler's error), which the client lists.
 
-The handler never writes under the jobs prefix (`protocol.refuse_jobs_prefix` checks
+The handler never writes under the jobs prefix (`s3keys.refuse_jobs_prefix` checks
 every key it writes), so its own writes can never trigger it again; the role
 that ``dask-lambda deploy`` creates also denies ``s3:PutObject`` there, so a
 task cannot either.
@@ -34,9 +34,9 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import env, protocol, records, runner, s3errors
+from . import env, protocol, records, runner, s3errors, s3keys
 
-state_keys = protocol.state_keys
+state_keys = s3keys.state_keys
 
 
 def handle_records(event: dict, context: Any) -> dict:
@@ -87,12 +87,12 @@ def _age(head: dict) -> float:
 
 def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     try:
-        result_key = protocol.result_key_for_job(key)
+        result_key = s3keys.result_key_for_job(key)
     except protocol.PayloadError:
         return _skipped(key, "not a dask-lambda job key")
     claim, done = state_keys(result_key)
     for written in (result_key, claim, done):
-        protocol.refuse_jobs_prefix(written, key)
+        s3keys.refuse_jobs_prefix(written, key)
     client = env.s3()
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -133,7 +133,7 @@ def _skipped(key: str, why: str) -> dict:
 
 def _write_done(client: Any, bucket: str, key: str, record: dict) -> None:
     try:
-        body = protocol.encode(record, [], env.run_key(key), protocol.identity(bucket, key))
+        body = protocol.encode(record, [], env.run_key(key), s3keys.identity(bucket, key))
     except protocol.PayloadError:  # no signing key: an unsigned record can only report an error
         body = json.dumps({"kind": "done", "error": record.get("error") or {
             "errorType": "PayloadError", "errorMessage": "the function has no signing key"}}

@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 import psutil
 import pytest
-from dask_lambda_handler import protocol
+from dask_lambda_handler import s3keys
 from distributed import wait
 
 from dask_lambda import LambdaClient, runs
@@ -69,7 +69,7 @@ def test_clean_up_refuses_an_age_that_live_runs_reach(s3_endpoint):
         try:
             for older_than in (0, -5, 10, 179):
                 with pytest.raises(ValueError) as info:
-                    await runs.cleanup_stale_runs(store, protocol.Layout("t-live-runs", "p", "x"),
+                    await runs.cleanup_stale_runs(store, s3keys.Layout("t-live-runs", "p", "x"),
                                                   older_than, heartbeat=60)
                 assert (f"stale runs are runs idle for at least 3 heartbeats (180 s), not "
                         f"{older_than!r} s" in str(info.value))

@@ -23,7 +23,7 @@ import dask.array as da
 import numpy as np
 import psutil
 import pytest
-from dask_lambda_handler import protocol
+from dask_lambda_handler import s3keys
 from distributed import wait
 
 from dask_lambda import LambdaClient
@@ -259,7 +259,7 @@ def test_s3_refusing_the_clients_job_upload_names_the_permission(denying_s3):
         "(`aws sts get-caller-identity` shows whose they are). A client needs s3:GetObject, "
         f"s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/f/* and s3:ListBucket on "
         f"arn:aws:s3:::{bucket} (README, Run on AWS: Permissions)."),
-        f"f/jobs/{run}/{protocol.task_token('up')}-", ".job")
+        f"f/jobs/{run}/{s3keys.task_token('up')}-", ".job")
 
 
 def test_s3_refusing_the_clients_result_download_names_the_permission(denying_s3):
@@ -277,7 +277,7 @@ def test_s3_refusing_the_clients_result_download_names_the_permission(denying_s3
         "get-caller-identity` shows whose they are). A client needs s3:GetObject, s3:PutObject "
         f"and s3:DeleteObject on arn:aws:s3:::{bucket}/f/* and s3:ListBucket on "
         f"arn:aws:s3:::{bucket} (README, Run on AWS: Permissions)."),
-        f"f/results/{run}/{protocol.task_token('down')}-", "-a0.out")
+        f"f/results/{run}/{s3keys.task_token('down')}-", "-a0.out")
 
 
 def handler_refusal(task: str, action: str, bucket: str, area: str) -> str:
@@ -297,7 +297,7 @@ def test_s3_refusing_the_functions_job_read_names_the_permission(denying_s3):
         assert client.lambda_stats()["retries"] == 0  # not the environment's fault: no retry
     assert info.value.error_type == "S3PermissionError"  # the handler's type, for code to test
     assert_message(str(info.value), handler_refusal("job", "s3:GetObject", bucket, "jobs"),
-                   f"f/jobs/{run}/{protocol.task_token('job')}-", "-a0.job")
+                   f"f/jobs/{run}/{s3keys.task_token('job')}-", "-a0.job")
 
 
 def test_s3_refusing_the_functions_input_read_names_the_permission(denying_s3):
@@ -310,7 +310,7 @@ def test_s3_refusing_the_functions_input_read_names_the_permission(denying_s3):
         run = client.cluster.layout.run
     assert_message(str(info.value),
                    handler_refusal("second", "s3:GetObject", bucket, "results"),
-                   f"f/results/{run}/{protocol.task_token('first')}-", "-a0.out")
+                   f"f/results/{run}/{s3keys.task_token('first')}-", "-a0.out")
 
 
 def test_s3_refusing_the_functions_output_write_names_the_permission(denying_s3):
@@ -320,7 +320,7 @@ def test_s3_refusing_the_functions_output_write_names_the_permission(denying_s3)
             client.submit(np.ones, 10, key="out").result()
         run = client.cluster.layout.run
     assert_message(str(info.value), handler_refusal("out", "s3:PutObject", bucket, "results"),
-                   f"f/results/{run}/{protocol.task_token('out')}-", "-a0.out")
+                   f"f/results/{run}/{s3keys.task_token('out')}-", "-a0.out")
 
 
 # -- the client --------------------------------------------------------------------------

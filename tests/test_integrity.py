@@ -1,6 +1,6 @@
 """Write access to the bucket is not enough to change what a computation returns.
 
-Every signed payload is bound to the object it belongs to (``protocol.identity``) and
+Every signed payload is bound to the object it belongs to (``s3keys.identity``) and
 signed with its run's key (``protocol.run_key``): an adversary who can write the bucket
 copies a correctly signed job, output or completion record over another, replays one
 from another attempt or run, or truncates one; each is refused with a typed error naming
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 import pytest
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 from distributed import wait
 
 from dask_lambda import LambdaClient
@@ -191,7 +191,7 @@ def _touch(path):
 def _signed_job(run: str, key: str, marker: str) -> bytes:
     frames = dumps((_touch, (marker,), {}))
     return protocol.encode({"kind": "job", "key": "t"}, frames,
-                           protocol.run_key(DEPLOYMENT_KEY, run), protocol.identity(BUCKET, key))
+                           protocol.run_key(DEPLOYMENT_KEY, run), s3keys.identity(BUCKET, key))
 
 
 def test_a_job_of_an_earlier_run_is_refused_in_a_later_one(s3_endpoint, s3, tmp_path):
@@ -229,20 +229,20 @@ def test_a_job_of_an_earlier_run_is_refused_in_a_later_one(s3_endpoint, s3, tmp_
 def test_a_completion_record_copied_over_another_is_refused():
     from dask_lambda.backends.aws_trigger import TriggerDispatcher
 
-    layout = protocol.Layout(BUCKET, "p", "cccccccccccc")
+    layout = s3keys.Layout(BUCKET, "p", "cccccccccccc")
     key = protocol.run_key(DEPLOYMENT_KEY, layout.run)
     dispatcher = TriggerDispatcher(None, layout, signing_key=key, timeout=60, grace=60,
                                    function="f", deploy="dask-lambda deploy")
-    _, alpha_done = protocol.state_keys(layout.result_key("00/alpha-1", 0))
-    _, beta_done = protocol.state_keys(layout.result_key("00/beta-1", 0))
+    _, alpha_done = s3keys.state_keys(layout.result_key("00/alpha-1", 0))
+    _, beta_done = s3keys.state_keys(layout.result_key("00/beta-1", 0))
     beta_record = protocol.encode({"kind": "done", "response": {"status": "ok"}}, [], key,
-                                  protocol.identity(BUCKET, beta_done))
+                                  s3keys.identity(BUCKET, beta_done))
     assert dispatcher._response(beta_record, beta_done) == {"status": "ok"}
     with pytest.raises(protocol.MisplacedPayloadError) as info:
         dispatcher._response(beta_record, alpha_done)
     assert f"refused s3://{BUCKET}/{alpha_done}" in str(info.value)
     other_run = protocol.encode({"kind": "done", "response": {"status": "ok"}}, [],
                                 protocol.run_key(DEPLOYMENT_KEY, "dddddddddddd"),
-                                protocol.identity(BUCKET, alpha_done))
+                                s3keys.identity(BUCKET, alpha_done))
     with pytest.raises(FunctionError, match="signature does not verify"):
         dispatcher._response(other_run, alpha_done)

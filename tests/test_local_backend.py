@@ -30,7 +30,7 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from dask_lambda import LambdaClient
 from dask_lambda.backends.faults import FaultPlan
@@ -211,7 +211,7 @@ def test_cancelling_an_invocation_kills_its_environment_at_once(client):
     job = protocol.encode({"kind": "job", "key": "sleeper"},
                           dumps((time.sleep, (120,), {})),
                           protocol.run_key(cluster.settings.signing_key, cluster.layout.run),
-                          protocol.identity(cluster.bucket, job_key))
+                          s3keys.identity(cluster.bucket, job_key))
     event = {"op": "run", "bucket": cluster.bucket, "job_key": job_key, "inline_max": 10**6,
              "result_key": cluster.layout.result_key("00/sleeper", 0),
              "job": base64.b64encode(job).decode()}

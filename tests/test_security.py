@@ -8,7 +8,7 @@ import os
 
 import cloudpickle
 import pytest
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from dask_lambda.backends.base import FunctionSettings
 from dask_lambda.backends.local import LocalBackend
@@ -23,7 +23,7 @@ RUN_KEY = protocol.run_key(KEY, RUN)
 def _job(func, *args, key=RUN_KEY, at="jobs/0123456789ab/00/t-a0.job", bucket="t-security"):
     frames = dumps((func, args, {}))  # the client's serializer: this test module goes by value
     return protocol.encode({"kind": "job", "key": "t"}, frames, key,
-                           protocol.identity(bucket, at))
+                           s3keys.identity(bucket, at))
 
 
 def _touch(path):
@@ -94,7 +94,7 @@ def test_signed_job_runs_and_result_is_signed(s3_endpoint, s3, bucket, tmp_path)
     assert response["status"] == "ok" and response["result_key"] == result_key
     assert os.path.exists(marker)
     blob = s3.get_object(Bucket=bucket, Key=result_key)["Body"].read()
-    at = protocol.identity(bucket, result_key)
+    at = s3keys.identity(bucket, result_key)
     assert protocol.decode(blob, RUN_KEY, at).load() == "ran"
     with pytest.raises(protocol.PayloadError, match="signature does not verify"):
         protocol.decode(blob, b"y" * 32, at)

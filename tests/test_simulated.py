@@ -13,7 +13,7 @@ import gc
 import ssl
 
 import pytest
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from dask_lambda import LambdaClient
 from dask_lambda.backends.base import FunctionSettings
@@ -70,7 +70,7 @@ def test_backend_answers_with_a_signed_result_in_the_handlers_shape():
     blob = base64.b64decode(response["result"])
     assert len(blob) == response["nbytes"]
     payload = protocol.decode(blob, protocol.run_key(KEY, RUN),
-                              protocol.identity("b", _event()["result_key"]))
+                              s3keys.identity("b", _event()["result_key"]))
     assert payload.header["kind"] == "result" and payload.load() is None
     assert response["stats"]["cold"] is True and response["stats"]["duration_s"] == 0.0
     assert backend.counters()["cold_starts"] == 1
@@ -146,7 +146,7 @@ def test_simulated_run_keeps_lambdas_rules(s3_endpoint, model):
         results = client.gather(futures)
         stats = client.lambda_stats()
         for future, result in zip(futures, results, strict=True):  # each task got its own answer
-            assert result.startswith(protocol.task_token(future.key) + "-")
+            assert result.startswith(s3keys.task_token(future.key) + "-")
     counters = backend.counters()
     assert counters["invocations"] == 2000 == stats["tasks"] and stats["errors"] == 0
     # what the client saw is what the simulated Lambda counted

@@ -7,7 +7,7 @@ import asyncio
 import boto3
 import numpy as np
 import pytest
-from dask_lambda_handler import protocol, s3io
+from dask_lambda_handler import protocol, s3io, transfer
 
 from dask_lambda.backends.s3server import TEST_CREDENTIALS
 from dask_lambda.errors import PermissionDeniedError, S3PermissionError
@@ -33,21 +33,21 @@ def _buffers(total: int, pieces: int) -> list:
 @pytest.mark.parametrize("sizes", [[0], [5], [3, 4, 9], [16], [1, 1, 1, 1, 1, 1, 1, 1, 1, 20]])
 def test_iter_chunks_recuts_buffers_exactly(sizes):
     parts = [bytes(range(i, i + n)) for i, n in enumerate(sizes)]
-    chunks = list(protocol.iter_chunks(parts, 4))
+    chunks = list(transfer.iter_chunks(parts, 4))
     assert b"".join(bytes(c) for c in chunks) == b"".join(parts)
     assert all(len(c) == 4 for c in chunks[:-1])
     assert not chunks or 0 < len(chunks[-1]) <= 4
 
 
 def test_part_size_keeps_within_ten_thousand_parts():
-    assert protocol.part_size_for(10) == protocol.PART_SIZE
+    assert transfer.part_size_for(10) == transfer.PART_SIZE
     big = 5 * 2**40  # 5 TiB, S3's largest object
-    assert big / protocol.part_size_for(big) <= 10_000
+    assert big / transfer.part_size_for(big) <= 10_000
 
 
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_handler_side_multipart_put_and_ranged_get(s3, bucket, concurrency):
-    parts = _buffers(protocol.MULTIPART_THRESHOLD + 5 * 2**20 + 123, 7)
+    parts = _buffers(transfer.MULTIPART_THRESHOLD + 5 * 2**20 + 123, 7)
     assert s3io.put(s3, bucket, f"h{concurrency}", parts, concurrency) == protocol.parts_size(parts)
     back = s3io.get(s3, bucket, f"h{concurrency}", concurrency)
     assert isinstance(back, bytearray) and back == b"".join(bytes(p) for p in parts)
@@ -55,7 +55,7 @@ def test_handler_side_multipart_put_and_ranged_get(s3, bucket, concurrency):
 
 @pytest.mark.parametrize("concurrency", [1, 8])
 def test_client_side_multipart_put_and_ranged_get(s3_endpoint, bucket, concurrency):
-    parts = _buffers(protocol.MULTIPART_THRESHOLD + 3 * 2**20 + 7, 3)
+    parts = _buffers(transfer.MULTIPART_THRESHOLD + 3 * 2**20 + 7, 3)
 
     async def roundtrip():
         store = S3Store(bucket, endpoint_url=s3_endpoint, region="us-east-1",
@@ -95,7 +95,7 @@ def test_both_sides_report_a_missing_object_alike(s3, s3_endpoint, bucket):
         f"s3://{bucket}/run/results/r/gone-a0.out does not exist"
 
 
-@pytest.mark.parametrize("size", [10, protocol.MULTIPART_THRESHOLD + 1])
+@pytest.mark.parametrize("size", [10, transfer.MULTIPART_THRESHOLD + 1])
 def test_both_sides_turn_a_refusal_into_a_permission_error_naming_the_prefix(size):
     """403 AccessDenied on small and multipart uploads and on downloads, mapped alike."""
     with s3_server({"rules": [{"status": 403, "prefix": "run/results/"}]}) as endpoint:

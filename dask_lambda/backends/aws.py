@@ -39,7 +39,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from dask_lambda_handler import protocol, s3errors
+from dask_lambda_handler import protocol, s3errors, s3keys
 
 from .. import failures
 from ..deploy import compat, names
@@ -96,7 +96,7 @@ class AwsBackend(Backend):
 
     name = "aws"
 
-    def __init__(self, settings: FunctionSettings, *, layout: protocol.Layout,
+    def __init__(self, settings: FunctionSettings, *, layout: s3keys.Layout,
                  function: str = names.DEFAULT_FUNCTION, region: str | None = None,
                  mode: str = "invoke", notification_grace: float = 120.0,
                  invoker: str = "auto"):

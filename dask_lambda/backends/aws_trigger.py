@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_lambda_handler import protocol, s3errors, trigger
+from dask_lambda_handler import protocol, s3errors, s3keys, trigger
 
 from ..deploy import names
 from ..errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
@@ -134,7 +134,7 @@ class TriggerDispatcher:
         Most jobs out at once (what the function may run at once), or ``None``.
     """
 
-    def __init__(self, s3: Any, layout: protocol.Layout, *, signing_key: bytes, timeout: float,
+    def __init__(self, s3: Any, layout: s3keys.Layout, *, signing_key: bytes, timeout: float,
                  grace: float, function: str, deploy: str, limit: int | None = None):
         self.s3 = s3
         self.layout = layout
@@ -159,7 +159,7 @@ class TriggerDispatcher:
         return self.grace - min(START_MARGIN, self.grace / 4)
 
     def trigger_job_key(self, result_key: str) -> str:
-        """The job key whose result key (`protocol.result_key_for_job`) is beside ``result_key``."""
+        """The job key whose result key (`s3keys.result_key_for_job`) is beside ``result_key``."""
         relative = result_key[len(self.layout.results_root):]
         return f"{self.layout.jobs_root}{relative.removesuffix('.out')}{names.TRIGGER_SUFFIX}"
 
@@ -172,7 +172,7 @@ class TriggerDispatcher:
 
     async def _run(self, event: dict) -> dict:
         job_key = self.trigger_job_key(event["result_key"])
-        result_key = protocol.result_key_for_job(job_key)
+        result_key = s3keys.result_key_for_job(job_key)
         claim_key, done_key = trigger.state_keys(result_key)
         loop = asyncio.get_running_loop()
         pending = _Pending(job_key, claim_key, loop.create_future(), float("inf"))
@@ -268,7 +268,7 @@ class TriggerDispatcher:
                 pending.future.set_exception(exc)
 
     def _response(self, blob: bytes, done_key: str) -> dict:
-        at = protocol.identity(self.layout.bucket, done_key)
+        at = s3keys.identity(self.layout.bucket, done_key)
         try:
             record = protocol.decode(blob, self.signing_key, at).header
         except protocol.MisplacedPayloadError:

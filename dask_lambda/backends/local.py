@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import transfer
 from dask_lambda_handler.client_paths import CLIENT_DIRS_ENV
 
 from .. import limits
@@ -283,7 +283,7 @@ class LocalBackend(LocalS3Backend):
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "TMPDIR": directory,
             CLIENT_DIRS_ENV: os.pathsep.join(_client_dirs()),
-            protocol.TRANSFER_CONCURRENCY_ENV: "1",
+            transfer.TRANSFER_CONCURRENCY_ENV: "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
         return env

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from time import monotonic
 from typing import Any
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from .simulated import ServerConfig, SimulatedCounters, sampler
 
@@ -63,14 +63,14 @@ class SimulatedLambda:
         signed for no run and no object.)"""
         from dask.sizeof import sizeof
 
-        run = protocol.run_of(event["job_key"]) if "job_key" in event else ""
+        run = s3keys.run_of(event["job_key"]) if "job_key" in event else ""
         key = self._run_keys.get(run)
         if key is None:
             key = self._run_keys[run] = protocol.run_key(self.config.signing_key, run)
         name = protocol.type_name(value)
         frames = self._none if value is None else protocol.dumps_object(value)
         blob = protocol.encode({"kind": "result", "type": name}, frames, key,
-                               protocol.identity(event.get("bucket", ""),
+                               s3keys.identity(event.get("bucket", ""),
                                                  event.get("result_key", "")))
         return {"status": "ok", "result": base64.b64encode(blob).decode(), "result_key": None,
                 "nbytes": len(blob), "size": int(sizeof(value)), "type": name, "log": None}

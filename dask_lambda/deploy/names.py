@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from dask_lambda_handler import protocol
+from dask_lambda_handler import s3keys
 
 from .. import limits
 
@@ -24,7 +24,7 @@ MEMORY_RANGE = limits.MEMORY_MB
 MAX_TIMEOUT = limits.MAX_TIMEOUT_S
 #: Job objects written in S3-trigger mode end with this; the bucket notification filters on it,
 #: so the job objects of mode="invoke" (plain ``.job``) never trigger the function.
-TRIGGER_SUFFIX = protocol.TRIGGER_SUFFIX
+TRIGGER_SUFFIX = s3keys.TRIGGER_SUFFIX
 #: Tag put on everything deploy creates; destroy removes only what carries it.
 TAG_KEY = "dask-lambda:deployed-by"
 TAG_VALUE = "dask-lambda deploy"

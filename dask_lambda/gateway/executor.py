@@ -23,7 +23,7 @@ from time import time
 from typing import Any
 
 from dask.utils import key_split
-from dask_lambda_handler import protocol
+from dask_lambda_handler import protocol, s3keys
 
 from .. import batching, serialize
 from .._compat import Alias, DataNode
@@ -81,7 +81,7 @@ class LambdaExecutor(AsyncExecutor):
         (``None``: never).
     """
 
-    def __init__(self, backend: Backend, store: S3Store, layout: protocol.Layout, *,
+    def __init__(self, backend: Backend, store: S3Store, layout: s3keys.Layout, *,
                  signing_key: bytes, inline_max: int, retries: int, locality: bool = True,
                  max_output: int | None = None, oom_retry_memory: int | None = None,
                  cost: CostMeter | None = None, share_min: int | None = None):
