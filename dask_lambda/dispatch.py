@@ -81,6 +81,9 @@ class Dispatcher:
         The counters, and the billing meter (which enforces the budget).
     inline_max
         Jobs and outputs up to this many encoded bytes travel in the invoke request/response.
+    output_inline_max
+        Outputs up to this many encoded bytes travel in the response (default
+        ``inline_max``); larger ones stay in S3 where the tasks that read them read them.
     retries
         Further attempts when an execution environment crashes or an output is lost.
     locality
@@ -95,7 +98,7 @@ class Dispatcher:
     def __init__(self, backend: Backend, outputs: Outputs, layout: s3keys.Layout, *,
                  signing_key: bytes, stats: ExecutorStats, cost: CostMeter, inline_max: int,
                  retries: int, locality: bool = True, max_output: int | None = None,
-                 oom_retry_memory: int | None = None):
+                 oom_retry_memory: int | None = None, output_inline_max: int | None = None):
         self.backend = backend
         self.outputs = outputs
         self.store = outputs.store
@@ -104,6 +107,7 @@ class Dispatcher:
         self.stats = stats
         self.cost = cost
         self.inline_max = inline_max
+        self.output_inline_max = inline_max if output_inline_max is None else output_inline_max
         self.retries = retries
         self.locality = locality
         self.max_output = max_output
@@ -137,7 +141,8 @@ class Dispatcher:
         nbytes = protocol.parts_size(parts)
         event = records.InvokeEvent(bucket=self.layout.bucket,
                                     job_key=self.layout.job_key(token, 0),
-                                    inline_max=self.inline_max, max_output=self.max_output,
+                                    inline_max=self.output_inline_max,
+                                    max_output=self.max_output,
                                     tasks=max(1, len(prefixes)))
         if nbytes <= self.inline_max and _fits_inline(nbytes, event):
             event = dataclasses.replace(event, job=base64.b64encode(b"".join(parts)).decode())

@@ -136,7 +136,7 @@ class Settings:
     """Jobs and outputs up to this many bytes travel inside the invoke request and response."""
     share_min: int | None = dataclasses.field(metadata=_spec(
         "share-min", "share_min", 'bytes or a size such as "64 KiB", or None to never share',
-        v.share_min, lambda done: "64 KiB", nullable=True))
+        v.share_min, lambda done: "16 KiB", nullable=True))
     """Values held here (literals in a graph, scattered data, small outputs) at least this
     large go to S3 once, and jobs carry a reference instead of a copy. None: never."""
     locality: bool = dataclasses.field(metadata=_spec(

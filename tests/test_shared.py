@@ -19,7 +19,7 @@ from dask_lambda.errors import FunctionError
 from .conftest import list_keys, s3_server
 
 BUCKET = "t-shared"
-VALUE = np.arange(250_000, dtype="f8")  # 2 MB: far above share-min (64 KiB)
+VALUE = np.arange(250_000, dtype="f8")  # 2 MB: far above share-min (16 KiB)
 
 
 @pytest.fixture(scope="module")

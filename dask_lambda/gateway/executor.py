@@ -78,7 +78,8 @@ class LambdaExecutor(AsyncExecutor):
         Accumulates billable usage and enforces the budget.
     share_min
         Input values held here of at least this many bytes are uploaded once and referenced
-        (``None``: never).
+        (``None``: never); outputs of that size stay in S3 rather than travel back inline,
+        since a task that reads one would have it uploaded again.
     """
 
     def __init__(self, backend: Backend, store: S3Store, layout: s3keys.Layout, *,
@@ -95,7 +96,9 @@ class LambdaExecutor(AsyncExecutor):
         self.dispatch = Dispatcher(backend, self.outputs, layout, signing_key=signing_key,
                                    stats=self.stats, cost=self.cost, inline_max=inline_max,
                                    retries=retries, locality=locality, max_output=max_output,
-                                   oom_retry_memory=oom_retry_memory)
+                                   oom_retry_memory=oom_retry_memory,
+                                   output_inline_max=None if share_min is None or not locality
+                                   else min(inline_max, share_min))
         #: The worker's data (`dask_lambda.outputs.LambdaData`).
         self.data = self.outputs.data
         #: Keys whose running task `cancel` stopped (until their task has ended).
