@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
@@ -76,6 +77,12 @@ class LambdaData(MutableMapping):
     def __delitem__(self, key: Any) -> None:
         self._drop(self._data.pop(key))
 
+    def replace_value(self, value: Any, ref: protocol.ObjectRef) -> None:
+        """Every key that holds ``value`` itself (an alias holds the object of the key it
+        renames) holds ``ref`` from now on, so the object lives while any of them does."""
+        for key in [k for k, held in self._data.items() if held is value]:
+            self[key] = ref
+
     def _drop(self, value: Any) -> None:
         if isinstance(value, protocol.ObjectRef):
             self._holders[value] -= 1
@@ -125,6 +132,9 @@ class Outputs:
         #: Uploads of values held here, by key, under way (`share`); the S3 keys of those done.
         self._sharing: dict[Any, asyncio.Future] = {}
         self._shared_keys: set[str] = set()
+        #: The upload of each value object, by id, while the object lives: a value held under
+        #: two keys (an alias of a chunk, ``x.blocks[i]``) is uploaded once.
+        self._by_object: dict[int, tuple[weakref.ref, asyncio.Future]] = {}
         #: Keys whose output could not be read by a gather: (times, last error).
         self._unreadable: dict[Any, tuple[int, BaseException]] = {}
 
@@ -238,12 +248,30 @@ class Outputs:
             return held
         future = self._sharing.get(key)
         if future is None:
-            future = self._sharing[key] = asyncio.ensure_future(self._upload_value(key, value))
+            future = self._sharing[key] = self._upload_once(key, value)
             future.add_done_callback(lambda _: self._sharing.pop(key, None))
         ref: protocol.ObjectRef = await asyncio.shield(future)
-        if self.data.peek(key) is value:
-            self.data[key] = ref  # later jobs (and gathers) use the object; released with key
+        # later jobs (and gathers) use the object; released with the last key that holds it
+        self.data.replace_value(value, ref)
         return ref
+
+    def _upload_once(self, key: Any, value: Any) -> asyncio.Future:
+        """The upload of ``value``: the one under way or done for this same object, if its
+        reference is still held (its object not deleted), else a new one."""
+        same = self._by_object.get(id(value))
+        if same is not None and same[0]() is value:
+            future = same[1]
+            if not future.done() or (not future.cancelled() and future.exception() is None
+                                     and future.result() in self.data.holders):
+                return future
+        future = asyncio.ensure_future(self._upload_value(key, value))
+        at = id(value)
+        try:
+            alive = weakref.ref(value, lambda _: self._by_object.pop(at, None))
+        except TypeError:  # not weakly referable (a tuple, a number): no identity to go by
+            return future
+        self._by_object[at] = (alive, future)
+        return future
 
     def release_unheld(self, refs: Iterable[protocol.ObjectRef]) -> None:
         """Delete those of ``refs`` that no key of the worker's data holds (their key was

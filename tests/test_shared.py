@@ -70,6 +70,32 @@ def test_a_value_used_by_many_tasks_is_uploaded_once_and_released_after(counted_
     assert list_keys(counted, BUCKET, "once/") == []
 
 
+def test_a_value_held_under_two_keys_is_uploaded_once(counted_s3, counted):
+    """``x.blocks[i, j]`` and the chunk it aliases are one object under two keys: one upload,
+    and the object stays until neither key holds it."""
+    import dask.array as da
+
+    image = np.random.default_rng(0).random((512, 512))  # 4 chunks of 512 KiB
+    with LambdaClient(f"s3://{BUCKET}/alias", local_s3_endpoint=counted_s3, concurrency=2,
+                      batching=False, dashboard_address=None) as client:
+        x = da.from_array(image, chunks=256)
+        smoothed = x.map_blocks(lambda b: b * 2)
+        sums = [da.map_blocks(lambda s, o: np.array([(s - o).sum()]), smoothed.blocks[i, j],
+                              x.blocks[i, j], dtype=float, drop_axis=1, chunks=(1,))
+                for i in range(2) for j in range(2)]
+        got = np.concatenate(dask.compute(*sums))
+        np.testing.assert_allclose(np.sort(got), np.sort(
+            [image[i:i + 256, j:j + 256].sum() for i in (0, 256) for j in (0, 256)]))
+        run = client.cluster.layout.run
+        stats = client.lambda_stats()
+        assert stats["shared_values"] == 4  # the four chunks, though eight keys held them
+        assert stats["bytes_sent"] < 1.1 * image.nbytes
+        deadline = time.monotonic() + 15
+        while list_keys(counted, BUCKET, f"alias/results/{run}/"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
 def test_a_warm_environment_reads_a_shared_value_once(counted_s3):
     with LambdaClient(f"s3://{BUCKET}/warm", local_s3_endpoint=counted_s3, concurrency=1,
                       batching=False, dashboard_address=None) as client:
