@@ -332,3 +332,39 @@ class LambdaFake:
         request.end_headers()
         if request.command != "HEAD":
             request.wfile.write(data)
+
+
+#: The bucket of the deployments the session shares; (prefix, function) of each (the client
+#: also looks at "elsewhere"); ministack's account.
+E2E_BUCKET = "dl-e2e"
+DEPLOYMENTS = [("run", "dl-e2e"), ("short", "dl-short"), ("old", "dl-old")]
+ACCOUNT = "000000000000"
+
+
+@contextlib.contextmanager
+def deployed(config: pytest.Config, home: Path):
+    """ministack with the function deployed (trigger on) at s3://dl-e2e/run by ``dask-lambda
+    deploy``'s code, as an IAM user with exactly the deployer's documented permissions.
+
+    Yields ``{"endpoint", "home", "env", "deployer"}``: ``env`` points boto at ministack with
+    a user's documented permissions, ``deployer`` with the deployer's. The caller enters
+    ``environment(env)`` where it uses them: nothing is set outside that.
+    """
+    from dask_lambda.deploy import Target, deploy, permissions
+
+    with ministack(config, home) as endpoint:
+        values = aws_environment(endpoint, config, home)
+        with environment(values):
+            deployer = iam_user("deployer", [
+                permissions.deployer_policy(E2E_BUCKET, prefix, fn, REGION, ACCOUNT)
+                for prefix, fn in DEPLOYMENTS], deployer=True)
+            user = iam_user("user", [
+                permissions.user_policy(E2E_BUCKET, prefix, fn, REGION, ACCOUNT)
+                for prefix, fn in [*DEPLOYMENTS, ("elsewhere", "dl-e2e")]]
+                + [permissions.user_policy("dl-far-e2e", "run", "dl-e2e", REGION, ACCOUNT)])
+            with environment(deployer):
+                deploy(Target(E2E_BUCKET, "run", "dl-e2e", REGION), timeout=120, memory=2048,
+                       trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
+        yield {"endpoint": endpoint, "home": home, "env": {**values, **user},
+               "deployer": {**values, **deployer}}
+

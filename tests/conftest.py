@@ -40,6 +40,17 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
+def aws(request, tmp_path_factory):
+    """ministack with the function deployed at s3://dl-e2e/run, shared by the aws backend's
+    tests and the workloads (`tests.aws_fixtures.deployed`); started by the first test that
+    asks for it."""
+    from .aws_fixtures import deployed
+
+    with deployed(request.config, tmp_path_factory.mktemp("aws-home")) as aws:
+        yield aws
+
+
+@pytest.fixture(scope="session")
 def s3(s3_endpoint):
     """A plain boto3 S3 client on the test server, to look at what a run left."""
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",

@@ -4,9 +4,10 @@ ministack runs the function that ``dask-lambda deploy`` (the project's own code)
 and deployed: the handler and this environment's libraries, in ministack's own
 interpreter, in other processes, under the role deploy made (ministack enforces IAM).
 Jobs reach it by synchronous invokes (``mode="invoke"``) or by S3 ObjectCreated
-notifications (``mode="trigger"``), and both give the synchronous scheduler's results.
-Deploy runs as an IAM user with exactly the deployer's documented permissions, and the
-clients as one with exactly a user's.
+notifications (``mode="trigger"``). The Dask workloads run through both modes in
+tests/test_workloads.py, on the same deployment (tests/conftest.py's ``aws``). Deploy
+runs as an IAM user with exactly the deployer's documented permissions, and the clients as
+one with exactly a user's.
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ import zipfile
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
-import pandas as pd
 import pytest
-from distributed import as_completed
 
 from dask_lambda import LambdaClient
-from dask_lambda.deploy import Target, deploy, function, names, permissions
+from dask_lambda.deploy import Target, deploy, function, names
 from dask_lambda.errors import (
     ConfigurationError,
     LambdaTimeoutError,
@@ -33,44 +31,22 @@ from dask_lambda.errors import (
 )
 
 from .aws_fixtures import (
+    E2E_BUCKET,
     LOCAL_GLIBC,
-    REGION,
     LambdaFake,
-    aws_environment,
     boto,
     environment,
-    iam_user,
-    ministack,
 )
 
-BUCKET = "dl-e2e"
+BUCKET = E2E_BUCKET
 LONG_TASK_S = 65  # longer than boto's default 60 s read timeout
-ACCOUNT = "000000000000"  # ministack's
-#: (prefix, function) of the deployments in BUCKET; the client also looks at "elsewhere".
-DEPLOYMENTS = [("run", "dl-e2e"), ("short", "dl-short"), ("old", "dl-old")]
 
 
-@pytest.fixture(scope="module")
-def aws(request, tmp_path_factory):
-    """ministack with the function deployed (trigger on) at s3://dl-e2e/run; yields the env,
-    whose credentials are a user's (``deployer``: the deployer's)."""
-    home = tmp_path_factory.mktemp("aws-home")
-    with ministack(request.config, home) as endpoint:
-        values = aws_environment(endpoint, request.config, home)
-        with environment(values):
-            deployer = iam_user("deployer", [
-                permissions.deployer_policy(BUCKET, prefix, fn, REGION, ACCOUNT)
-                for prefix, fn in DEPLOYMENTS], deployer=True)
-            user = iam_user("user", [
-                permissions.user_policy(BUCKET, prefix, fn, REGION, ACCOUNT)
-                for prefix, fn in [*DEPLOYMENTS, ("elsewhere", "dl-e2e")]]
-                + [permissions.user_policy("dl-far-e2e", "run", "dl-e2e", REGION, ACCOUNT)])
-            with environment(deployer):
-                deploy(Target(BUCKET, "run", "dl-e2e", "us-east-1"), timeout=120, memory=2048,
-                       trigger=True, glibc=LOCAL_GLIBC, out=lambda line: None)
-            with environment(user):
-                yield {"endpoint": endpoint, "home": home, "env": {**values, **user},
-                       "deployer": {**values, **deployer}}
+@pytest.fixture(scope="module", autouse=True)
+def _as_the_user(aws):
+    """The module's tests run with a user's credentials (``aws["deployer"]``: the deployer's)."""
+    with environment(aws["env"]):
+        yield
 
 
 def _client(mode: str, prefix: str = "run", function: str = "dl-e2e", **options):
@@ -104,46 +80,6 @@ def client(request, aws, long_task):
     # order of opening, or the dask settings they switch are not restored
     with _client(request.param) as c:
         yield c
-
-
-def sync(*collections):
-    return dask.compute(*collections, scheduler="sync")
-
-
-def test_array_reductions(client):
-    x = da.random.default_rng(1).standard_normal((300, 300), chunks=(100, 100))
-    exprs = [(x * 2 + 1).sum(), np.sin(x).mean(axis=0), x.std(), (x @ x.T).trace()]
-    got = client.compute(exprs, sync=True)
-    for g, w in zip(got, sync(*exprs), strict=True):
-        np.testing.assert_allclose(g, w)
-    assert client.lambda_stats()["invocations"] >= 9
-
-
-def test_dataframe_groupby(client):
-    ts = dask.datasets.timeseries(start="2000-01-01", end="2000-01-04", freq="60s",
-                                  partition_freq="1D", seed=3)
-
-    def positive(p):
-        return p[p.x > 0]
-
-    q = ts.map_partitions(positive).groupby("name").agg({"y": ["mean", "sum"], "x": "count"})
-    pd.testing.assert_frame_equal(client.compute(q, sync=True).sort_index(),
-                                  sync(q)[0].sort_index())
-
-
-def test_futures_and_outputs_through_s3(client):
-    def add(a, b=0):
-        return a + b
-
-    assert client.submit(add, 1, b=2).result() == 3
-    assert client.gather(client.map(add, range(10), b=100)) == [i + 100 for i in range(10)]
-    assert sorted(f.result() for f in as_completed(client.map(add, range(6), b=1))) == \
-        list(range(1, 7))
-    arr = client.submit(np.arange, 2_000_000, dtype="f8").result()  # 16 MB: an S3 result
-    np.testing.assert_array_equal(arr, np.arange(2_000_000, dtype="f8"))
-    before = client.lambda_stats()["s3_jobs"]
-    assert client.submit(np.sum, arr).result() == arr.sum()  # a 16 MB argument: an S3 job
-    assert client.lambda_stats()["s3_jobs"] == before + 1
 
 
 def test_task_error_reaches_the_client(client):
