@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import protocol, s3errors, transfer
+from . import protocol, s3errors, s3keys, transfer
 from .errors import S3PermissionError
 
 #: Requests made by this process, by kind ("get", "put"), for cost accounting.
@@ -51,8 +51,8 @@ def denied_message(action: str, bucket: str, key: str, code: str) -> str:
         deploy += f" --region {os.environ['AWS_REGION']}"
     return (f"the function's role may not {action} on s3://{bucket}/{key} ({code}): allow "
             f"{action} on {narrow} in the role's policy, or run `{deploy}` again, which gives "
-            f"the role s3:GetObject on {user}jobs/* and {user}results/* and s3:PutObject on "
-            f"{user}results/*")
+            f"the role s3:GetObject on {user}{s3keys.JOBS}/* and {user}{s3keys.RESULTS}/* and "
+            f"s3:PutObject on {user}{s3keys.RESULTS}/*")
 
 
 def get(client: Any, bucket: str, key: str, concurrency: int = transfer.TRANSFER_CONCURRENCY
