@@ -29,6 +29,7 @@ from .errors import (
     LambdaThrottledError,
     LambdaTimeoutError,
     PermissionDeniedError,
+    ResultLostError,
 )
 
 
@@ -176,6 +177,8 @@ def _function_error(err: dict, log: str, report: Report, *, request_id: str, mem
     if etype == "Runtime.HandlerError":  # ministack reports every exception as this: find its type
         raised = _RAISED.findall(log)
         etype = raised[-1] if raised else etype
+    if etype == "InputLostError":  # an input deleted before the task read it: not the task's
+        return ResultLostError(f"{text} (request {request_id})")  # fault; computed again
     return FunctionError(f"{etype}: {text} (request {request_id})", etype)
 
 
