@@ -8,12 +8,12 @@ worker's executor is a :class:`~dask_lambda.gateway.LambdaExecutor`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -23,12 +23,12 @@ from dask_lambda_handler import protocol, s3keys
 from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
-from . import _compat, card, gc_tuning, runs
+from . import _compat, card, closing, runs
 from ._compat import NoOpAwaitable
+from .adaptive import LambdaAdaptive, concurrency_cap
 from .backends.base import Backend, FunctionSettings
 from .batching import BatchSettings
 from .cost import CostMeter
-from .deploy.names import bucket_url
 from .errors import ConfigurationError
 from .gateway import (
     GatewayScheduler,
@@ -37,20 +37,19 @@ from .gateway import (
     LocalTaskExecutor,
     gateway_metrics,
 )
+from .process_settings import TASK_BASED_METHODS, WhileOpen
 from .settings import NOT_GIVEN, Settings, parse_bucket  # noqa: F401  (parse_bucket: cli's)
 from .store import S3Store
-from .while_open import EnvironmentLayers, WhileAnyOpen
 
 BACKENDS = ("local", "aws")
 #: The name of the one worker: the gateway whose tasks run in Lambda.
 GATEWAY = "lambda-gateway"
-#: P2P shuffle and rechunk need worker plugins that do not exist in Lambda.
-TASK_BASED_METHODS = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 logger = logging.getLogger("dask_lambda")
-#: Seconds a clean-up step of `LambdaCluster.close` may take (S3 unreachable: botocore's
-#: retries would take minutes); and a stop of processes or connections.
-_CLEANUP_TIMEOUT = 30.0
-_STOP_TIMEOUT = 15.0
+
+__all__ = ["BACKENDS", "GATEWAY", "TASK_BASED_METHODS", "LambdaAdaptive", "LambdaCluster",
+           "parse_bucket"]
+
+
 class LambdaCluster(SpecCluster):
     """A Dask cluster whose tasks run in AWS Lambda (or the local stand-in).
 
@@ -94,48 +93,20 @@ class LambdaCluster(SpecCluster):
             concurrency=settings.concurrency, memory=settings.memory,
             timeout=settings.function_timeout, signing_key=secrets.token_bytes(32))
         self.layout = s3keys.Layout(self.bucket, self.prefix, uuid.uuid4().hex[:12])
-
         self.backend: Backend
-        if isinstance(settings.backend, Backend):  # injected: it takes the settings built here
-            settings.backend.configure(self.settings)
-            self.backend = settings.backend
-        elif settings.backend == "aws":
-            from .backends.aws import AwsBackend
-            from .deploy import keys, names
-
-            deploy = names.deploy_command(self.bucket, self.prefix, settings.function,
-                                          settings.region)
-            self.settings = dataclasses.replace(  # the key deploy stored, not a new one
-                self.settings,
-                signing_key=settings.signing_key or keys.load(settings.function, deploy))
-            self.backend = AwsBackend(
-                self.settings, layout=self.layout, function=settings.function,
-                region=settings.region, mode=settings.mode,
-                notification_grace=settings.notification_grace, invoker=settings.invoker)
-        else:
-            from .backends.local import LocalBackend
-
-            self.backend = LocalBackend(
-                self.settings, s3_endpoint=settings.local_s3_endpoint,
-                python=settings.local_python, faults=local_faults)
+        self.settings, self.backend = _make_backend(settings, self.settings, self.layout,
+                                                    local_faults)
         self.store: S3Store | None = None
         self.executor: LambdaExecutor | None = None
         self._final_stats: Any = None
-        self._inline_max = settings.inline_max
-        self._retries = settings.retries
-        self._locality = settings.locality
-        self._max_output = settings.max_output
-        self._oom_retry_memory = settings.oom_retry_memory
         self.cost = CostMeter(settings.memory, settings.cost_budget)
-        self._stale_after = settings.stale_after
         self._heartbeat_task: Any = None
         self.stale_runs_removed: dict[str, int] = {}
-        self._env_layer: int | None = None
         self._marker_written = False
         self._configured_concurrency = settings.concurrency
         #: Whether chains and small subtrees of short tasks run in one invocation.
         self.batching = settings.batching
-        self._while_open: contextlib.ExitStack | None = None
+        self._while_open = WhileOpen()
         self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
 
         dashboard = settings.dashboard_address
@@ -162,19 +133,21 @@ class LambdaCluster(SpecCluster):
             await runs.write_marker(self.store, self.layout, time.time())
             self._marker_written = True
             self.stale_runs_removed = await runs.cleanup_stale_runs(
-                self.store, self.layout, self._stale_after, self.config.heartbeat)
-            self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
-            self._set_environment(self.backend.client_environment())
+                self.store, self.layout, self.config.stale_after, self.config.heartbeat)
+            self._heartbeat_task = asyncio.ensure_future(runs.heartbeat(
+                self.store, self.layout, self.config.heartbeat, self.config.stale_after))
+            self._while_open.set_environment(self.backend.client_environment())
             self.executor = LambdaExecutor(
                 self.backend, self.store, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
-                inline_max=self._inline_max, retries=self._retries, locality=self._locality,
-                max_output=self._max_output, oom_retry_memory=self._oom_retry_memory,
-                cost=self.cost, share_min=self.config.share_min)
+                inline_max=self.config.inline_max, retries=self.config.retries,
+                locality=self.config.locality, max_output=self.config.max_output,
+                oom_retry_memory=self.config.oom_retry_memory, cost=self.cost,
+                share_min=self.config.share_min)
             self.worker_spec = self._gateway_spec()
             await super()._start()
             self.scheduler.restart_gateway = self._restart_gateway
-            self._hold_process_settings()
+            self._while_open.hold_settings()
         except BaseException:
             await self._release()
             raise
@@ -235,33 +208,10 @@ class LambdaCluster(SpecCluster):
 
     def _cap(self, n: Any, memory: Any, cores: Any, method: str) -> int | None:
         """The concurrency that ``scale(n, memory, cores)`` asks for (None for 0)."""
-        from dask.utils import parse_bytes
-
-        wanted = 0
-        try:
-            if n is not None and n != 0:
-                wanted = max(wanted, int(n))
-                if wanted != n or wanted < 0:
-                    raise ValueError
-            if cores is not None:
-                wanted = max(wanted, int(cores))
-            if memory is not None:
-                per = self.settings.memory * 2**20
-                wanted = max(wanted, -(-parse_bytes(memory) // per))
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"{method}() takes a whole number of workers (Lambda functions running at "
-                f"once), cores, or memory, not n={n!r}, cores={cores!r}, memory={memory!r}: "
-                f"e.g. cluster.{method}({max(1, self.settings.concurrency)})") from None
-        if wanted <= 0:
-            return None
-        limit = self.backend.max_concurrency
-        if limit is not None and wanted > limit:
-            logger.warning("%s(%d): the %s backend runs at most %d tasks at once on this "
-                           "machine; the cap is %d", method, wanted, self.backend.name or
-                           type(self.backend).__name__, limit, limit)
-            wanted = limit
-        return wanted
+        return concurrency_cap(
+            n, memory, cores, method, function_memory=self.settings.memory,
+            concurrency=self.settings.concurrency, limit=self.backend.max_concurrency,
+            backend_name=self.backend.name or type(self.backend).__name__)
 
     async def _set_concurrency(self, concurrency: int) -> None:
         if self.executor is None or concurrency == self.settings.concurrency:
@@ -291,16 +241,6 @@ class LambdaCluster(SpecCluster):
         self.worker_spec = self._gateway_spec()
         await self._correct_state()
 
-    def _hold_process_settings(self) -> None:
-        """Process-wide settings every client of this cluster needs while it is open (undone
-        by close, in whatever order clusters close): task-based shuffles and rechunks (P2P
-        needs worker plugins that do not exist in Lambda) and a calmer garbage collector."""
-        if self._while_open is None:
-            stack = contextlib.ExitStack()
-            stack.enter_context(TASK_BASED.held())
-            stack.enter_context(gc_tuning.collect_less_often())
-            self._while_open = stack
-
     def _plan_batches(self) -> BatchSettings | None:
         """The batching limits for the graph being submitted now, or None (batching off)."""
         executor = self.executor
@@ -314,31 +254,6 @@ class LambdaCluster(SpecCluster):
         finally:
             await self._release()
 
-    async def _heartbeat(self) -> None:
-        started = time.time()
-        interval = self.config.heartbeat
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            if self.store is None:
-                continue
-            try:
-                await runs.write_marker(self.store, self.layout, started)
-            except Exception as exc:  # the next beat may succeed; say so once per outage
-                if not failing:
-                    logger.warning(
-                        "dask-lambda could not rewrite this client's run marker s3://%s/%s "
-                        "(%s: %s); it tries again every %g s. If S3 stays unreachable for "
-                        "lambda.stale-after (%g s), another client on this prefix will take "
-                        "this run for dead and delete its objects.", self.bucket,
-                        self.layout.run_marker, type(exc).__name__, exc, interval,
-                        self._stale_after)
-                failing = True
-            else:
-                if failing:
-                    logger.warning("dask-lambda rewrote its run marker again")
-                failing = False
-
     async def _release(self) -> None:
         """Delete the run's objects and stop what the backend started (idempotent).
 
@@ -348,48 +263,18 @@ class LambdaCluster(SpecCluster):
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = None
-        where = " and ".join(f"s3://{self.bucket}/{p}" for p in self.layout.run_prefixes)
-        left = (f"the objects under {where} stay until a later client on this prefix finds "
-                "them stale (lambda.stale-after), `dask-lambda cleanup --bucket "
-                f"{bucket_url(self.bucket, self.prefix)}` removes them, or the bucket's "
-                "lifecycle rule expires them")
         # nothing may write after the run's objects are deleted
-        await _step("stop the running invocations", self.backend.stop(), _STOP_TIMEOUT)
-        s3_ok = True
-        if self.executor is not None:
-            executor, self.executor = self.executor, None
+        await closing.step("stop the running invocations", self.backend.stop(),
+                           closing.STOP_TIMEOUT)
+        executor, self.executor = self.executor, None
+        if executor is not None:
             self._final_stats = executor.stats
-            s3_ok = await _step("delete this run's objects", executor.close(),
-                                _CLEANUP_TIMEOUT, left)
-        if self.store is not None:
-            store, self.store = self.store, None
-            if s3_ok and self._marker_written:
-                marker = self.layout.run_marker
-                await _step("delete this run's marker", store.delete([marker], quick=True),
-                            _CLEANUP_TIMEOUT, f"s3://{self.bucket}/{marker} stays until a "
-                            "later client finds it stale")
-            await _step("close the S3 client", store.close(), _STOP_TIMEOUT)
-        await _step("stop the backend", self.backend.close(), _STOP_TIMEOUT)
-        self._restore_environment()
-        if self._while_open is not None:
-            stack, self._while_open = self._while_open, None
-            stack.close()
-        import shutil
-
+        await closing.delete_run(executor, self.store, self.layout,
+                                 marker_written=self._marker_written)
+        self.store = None
+        await closing.step("stop the backend", self.backend.close(), closing.STOP_TIMEOUT)
+        self._while_open.release()
         shutil.rmtree(self._local_directory, ignore_errors=True)
-
-    # While open, the client process sees the backend's S3 (so s3:// paths work in graphs
-    # built or read here, e.g. dd.read_parquet("s3://...") metadata). The newest open
-    # cluster's S3 wins; closing it brings back the one beneath (`EnvironmentLayers`).
-    def _set_environment(self, env: dict[str, str]) -> None:
-        layer: dict[str, str | None] = {"AWS_PROFILE": None, "AWS_SESSION_TOKEN": None}
-        layer.update(env)
-        self._env_layer = _ENVIRONMENT.push(layer)
-
-    def _restore_environment(self) -> None:
-        if self._env_layer is not None:
-            token, self._env_layer = self._env_layer, None
-            _ENVIRONMENT.pop(token)
 
     def __repr__(self) -> str:
         return card.text(self)
@@ -404,12 +289,8 @@ class LambdaCluster(SpecCluster):
         from distributed.utils import Log
 
         logs = await super()._get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
-        executor = self.executor
-        if workers and executor is not None:
-            logs["Lambda tasks"] = Log("\n".join(
-                f"{key} (attempt {entry['attempt']}, request {entry['request_id']}):\n"
-                f"{entry['text'].rstrip()}"
-                for key, entries in executor.logs.items() for entry in entries))
+        if workers and self.executor is not None:
+            logs["Lambda tasks"] = Log(_task_logs(self.executor))
         return logs
 
     def lambda_stats(self) -> dict:
@@ -432,68 +313,33 @@ class LambdaCluster(SpecCluster):
         return report
 
 
-async def _step(what: str, work: Any, timeout: float, left: str = "") -> bool:
-    """Await one clean-up step within ``timeout`` s; log (never raise) a failure and what it
-    left behind. Returns whether it succeeded."""
-    try:
-        await asyncio.wait_for(work, timeout)
-        return True
-    except Exception as exc:
-        why = "it took too long" if isinstance(exc, asyncio.TimeoutError) else (
-            f"{type(exc).__name__}: {exc}")
-        logger.warning("dask-lambda could not %s while closing (%s)%s", what, why,
-                       f": {left}" if left else "")
-        return False
+def _task_logs(executor: LambdaExecutor) -> str:
+    """What the tasks printed in Lambda, each with its attempt and Lambda request id."""
+    return "\n".join(f"{key} (attempt {entry['attempt']}, request {entry['request_id']}):\n"
+                     f"{entry['text'].rstrip()}"
+                     for key, entries in executor.logs.items() for entry in entries)
 
 
-def _clear_fs_caches() -> None:
-    """Forget cached s3fs filesystems (they keep the endpoint and credentials they were made
-    with)."""
-    import sys
+def _make_backend(settings: Settings, function: FunctionSettings, layout: s3keys.Layout,
+                  local_faults: Any) -> tuple[FunctionSettings, Backend]:
+    """The backend ``settings`` name, given the function settings (with, on aws, the signing
+    key deploy stored instead of a new one); returns both."""
+    if isinstance(settings.backend, Backend):  # injected: it takes the settings built here
+        settings.backend.configure(function)
+        return function, settings.backend
+    if settings.backend == "aws":
+        from .backends.aws import AwsBackend
+        from .deploy import keys, names
 
-    if "s3fs" in sys.modules:
-        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+        deploy = names.deploy_command(layout.bucket, layout.prefix, settings.function,
+                                      settings.region)
+        function = dataclasses.replace(  # the key deploy stored, not a new one
+            function, signing_key=settings.signing_key or keys.load(settings.function, deploy))
+        return function, AwsBackend(
+            function, layout=layout, function=settings.function,
+            region=settings.region, mode=settings.mode,
+            notification_grace=settings.notification_grace, invoker=settings.invoker)
+    from .backends.local import LocalBackend
 
-
-_ENVIRONMENT = EnvironmentLayers(on_change=_clear_fs_caches)
-
-
-def _task_based_on() -> dict[str, Any]:
-    import dask
-
-    saved = {k: dask.config.get(k, None) for k in TASK_BASED_METHODS}
-    dask.config.set(TASK_BASED_METHODS)
-    return saved
-
-
-def _task_based_off(saved: dict[str, Any]) -> None:
-    import dask
-
-    dask.config.set(saved)
-
-
-TASK_BASED = WhileAnyOpen(_task_based_on, _task_based_off)
-
-
-class LambdaAdaptive:
-    """What ``LambdaCluster.adapt`` returns: Lambda adapts by itself, within ``maximum``.
-
-    Attributes
-    ----------
-    minimum, maximum
-        As given to ``adapt`` (``maximum``: the concurrency cap it set).
-    """
-
-    def __init__(self, cluster: LambdaCluster, *, minimum: float, maximum: int):
-        self.cluster = cluster
-        self.minimum = minimum
-        self.maximum = maximum
-
-    def stop(self) -> None:
-        """Stop "adapting": the cap stays where it is, as distributed's Adaptive leaves the
-        workers it has."""
-        if self.cluster._adaptive is self:
-            self.cluster._adaptive = None
-
-    def __repr__(self) -> str:
-        return f"<LambdaAdaptive: minimum={self.minimum} maximum={self.maximum}>"
+    return function, LocalBackend(function, s3_endpoint=settings.local_s3_endpoint,
+                                  python=settings.local_python, faults=local_faults)

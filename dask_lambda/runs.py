@@ -15,8 +15,10 @@ that a live client's marker is always newer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
+import logging
 import os
 import socket
 import time
@@ -28,12 +30,38 @@ from .store import S3Store
 #: A run is stale after at least this many missed heartbeats (a live client rewrites its
 #: marker every heartbeat; allow for a slow request or a busy event loop).
 MIN_STALE_BEATS = 3
+logger = logging.getLogger("dask_lambda")
 
 
 async def write_marker(store: S3Store, layout: s3keys.Layout, started: float) -> None:
     body = json.dumps({"run": layout.run, "started": started, "heartbeat": time.time(),
                        "host": socket.gethostname(), "pid": os.getpid()}).encode()
     await store.put(layout.run_marker, [body])
+
+
+async def heartbeat(store: S3Store, layout: s3keys.Layout, interval: float,
+                    stale_after: float) -> None:
+    """Rewrite the run's marker every ``interval`` s, forever (cancel it to stop); an outage is
+    logged once, with what happens if it lasts ``stale_after`` s."""
+    started = time.time()
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await write_marker(store, layout, started)
+        except Exception as exc:  # the next beat may succeed; say so once per outage
+            if not failing:
+                logger.warning(
+                    "dask-lambda could not rewrite this client's run marker s3://%s/%s "
+                    "(%s: %s); it tries again every %g s. If S3 stays unreachable for "
+                    "lambda.stale-after (%g s), another client on this prefix will take "
+                    "this run for dead and delete its objects.", layout.bucket,
+                    layout.run_marker, type(exc).__name__, exc, interval, stale_after)
+            failing = True
+        else:
+            if failing:
+                logger.warning("dask-lambda rewrote its run marker again")
+            failing = False
 
 
 def _run_of(key: str, root: str) -> str:

@@ -13,6 +13,10 @@ Values are what Dask users write: sizes as bytes or strings (``"256 KiB"``,
 seconds or strings (``"5 minutes"``, `dask.utils.parse_timedelta`). For the settings whose
 ``None`` means something (no limit, no dashboard, the default), an explicit ``None``
 argument overrides a configured value; for the others ``None`` means "not given".
+
+The parts: :mod:`.setting_values` (one parser per setting) made of :mod:`.setting_kinds`
+(sizes, durations, numbers, choices), :mod:`.bucket_names` (S3 bucket URLs), and
+:mod:`.setting_spec` (a setting's record, its sources, and the message that refuses a value).
 """
 
 from __future__ import annotations
@@ -20,53 +24,24 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import shlex
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask.config
 
-from . import config, limits
+from . import limits, setting_spec
 from . import setting_values as v
 from .backends.base import Backend
+from .bucket_names import split_bucket
 from .errors import ConfigurationError, SettingTypeError
+from .setting_spec import spec as _spec
 from .setting_values import NOT_GIVEN, Context, Refused, py_literal
 
 __all__ = ["NOT_GIVEN", "Settings", "parse_bucket"]
 
 _ALIASES = {"timeout": "function_timeout"}  # deprecated argument -> its new name
-Parser = Callable[[Any, Context], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    key: str  # under ``lambda.``
-    arg: str | None  # the argument of LambdaClient/LambdaCluster; None: config only
-    expects: str  # what the setting takes, for messages
-    parse: Parser
-    example: Callable[[Mapping[str, Any]], Any]  # a value that is valid given ``done``
-    nullable: bool = False  # whether None has a meaning (else a None argument = not given)
-    applies: Callable[[Mapping[str, Any]], bool] = lambda done: True
-    secret: bool = False
-    derived: str | None = None  # the parser also gives this field (bucket -> prefix)
-
-    @property
-    def env(self) -> str:
-        return "DASK_LAMBDA__" + self.key.upper().replace("-", "_").replace(".", "__")
-
-    @property
-    def names(self) -> str:
-        where = f"lambda.{self.key}, {self.env}"
-        if self.arg == "bucket":
-            return f"the bucket (the first argument; {where})"
-        return f"`{self.arg}=` ({where})" if self.arg else f"lambda.{self.key} ({self.env})"
-
-
-def _spec(*args: Any, **kwargs: Any) -> dict[str, _Spec]:
-    """A field's metadata: its `_Spec`."""
-    return {"spec": _Spec(*args, **kwargs)}
 
 
 def parse_bucket(url: Any) -> tuple[str, str]:
@@ -83,11 +58,10 @@ def parse_bucket(url: Any) -> tuple[str, str]:
     ('my-bucket', 'dask')
     """
     try:
-        return v.split_bucket(url)
+        return split_bucket(url)
     except Refused as exc:
         spec = dict(_specs())["bucket"]
-        raise _error(spec, url, "argument", exc, {}, "bucket") from None
-
+        raise setting_spec.error(spec, url, "argument", exc, {}, "bucket") from None
 
 
 # -- Settings --------------------------------------------------------------------------------
@@ -135,7 +109,7 @@ class Settings:
         lambda done: "256 KiB"))
     """Jobs and outputs up to this many bytes travel inside the invoke request and response."""
     share_min: int | None = dataclasses.field(metadata=_spec(
-        "share-min", "share_min", 'bytes or a size such as "64 KiB", or None to never share',
+        "share-min", "share_min", 'bytes or a size such as "16 KiB", or None to never share',
         v.share_min, lambda done: "16 KiB", nullable=True))
     """Values held here (literals in a graph, scattered data, small outputs) at least this
     large go to S3 once, and jobs carry a reference instead of a copy. None: never."""
@@ -250,51 +224,17 @@ class Settings:
         """
         arguments = {"bucket": bucket, **arguments}
         _check_names(arguments)
-        deprecated = []
-        for old, new in _ALIASES.items():
-            if arguments.get(old) in (NOT_GIVEN, None):  # None: not given, as for the new name
-                arguments.pop(old, None)
-                continue
-            if arguments.get(new) not in (NOT_GIVEN, None):
-                raise ConfigurationError(
-                    f"{old}= and {new}= are the same setting: give only "
-                    f"LambdaClient(..., {new}={py_literal(arguments[new])})")
-            value = arguments.pop(old)
-            deprecated.append(
-                f"LambdaClient/LambdaCluster({old}=...) is now spelled {new}=, so that "
-                f"{old}= can keep its meaning in distributed (Client's connect timeout); "
-                f"{old}= will stop being the function timeout in a future release: "
-                f"LambdaClient(..., {new}={py_literal(value)})")
-            arguments[new] = value
-            arguments[f"_as_{new}"] = old  # for messages: the spelling the user wrote
+        deprecated = _resolve_aliases(arguments)
         done: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            spec = field.metadata.get("spec")
-            if spec is None:
-                continue
+        for name, spec in _specs():  # in dependency order: each parser sees those before it
             if not spec.applies(done):
-                done[field.name] = None
+                done[name] = None
                 continue
-            given = arguments.get(field.name, NOT_GIVEN) if spec.arg else NOT_GIVEN
-            if given is None and not spec.nullable:
-                given = NOT_GIVEN  # a None argument of a setting without "off": not given
-            value = given if given is not NOT_GIVEN else _configured(spec)
-            source = "argument" if given is not NOT_GIVEN else _source(spec, value)
-            if (source != "argument" and isinstance(value, str) and spec.nullable
-                    and value.strip().lower() in ("none", "null")):
-                value = None
-            ctx = Context(done, from_argument=source == "argument")
-            try:
-                if value is None and not spec.nullable:
-                    raise Refused("it must be set (it has no null value)")
-                parsed = spec.parse(value, ctx)
-            except Refused as exc:
-                written = arguments.get(f"_as_{field.name}", spec.arg)
-                raise _error(spec, value, source, exc, done, written) from None
+            parsed = _read_one(name, spec, arguments, done)
             if spec.derived:
-                done[field.name], done[spec.derived] = parsed
+                done[name], done[spec.derived] = parsed
             else:
-                done[field.name] = parsed
+                done[name] = parsed
         for message in deprecated:  # after the checks: a refused value gets the error alone
             warnings.warn(message, FutureWarning, stacklevel=_user_stacklevel())
         return cls(**done)
@@ -324,82 +264,63 @@ def read(name: str, value: Any = NOT_GIVEN) -> Any:
     (``dask-lambda cleanup`` reads ``stale_after``)."""
     spec = dict(_specs())[name]
     given = NOT_GIVEN if value is None and not spec.nullable else value
-    value = given if given is not NOT_GIVEN else _configured(spec)
-    source = "argument" if given is not NOT_GIVEN else _source(spec, value)
+    value = given if given is not NOT_GIVEN else setting_spec.configured(spec)
+    source = "argument" if given is not NOT_GIVEN else setting_spec.source(spec, value)
     try:
         return spec.parse(value, Context({}, from_argument=source == "argument"))
     except Refused as exc:
-        raise _error(spec, value, source, exc, {}, spec.arg) from None
+        raise setting_spec.error(spec, value, source, exc, {}, spec.arg) from None
 
 
-def _specs() -> Iterator[tuple[str, _Spec]]:
+def _resolve_aliases(arguments: dict[str, Any]) -> list[str]:
+    """Replace each deprecated argument in ``arguments`` by its new name (refusing both at
+    once); returns the warnings to give once every setting is checked."""
+    deprecated = []
+    for old, new in _ALIASES.items():
+        if arguments.get(old) in (NOT_GIVEN, None):  # None: not given, as for the new name
+            arguments.pop(old, None)
+            continue
+        if arguments.get(new) not in (NOT_GIVEN, None):
+            raise ConfigurationError(
+                f"{old}= and {new}= are the same setting: give only "
+                f"LambdaClient(..., {new}={py_literal(arguments[new])})")
+        value = arguments.pop(old)
+        deprecated.append(
+            f"LambdaClient/LambdaCluster({old}=...) is now spelled {new}=, so that "
+            f"{old}= can keep its meaning in distributed (Client's connect timeout); "
+            f"{old}= will stop being the function timeout in a future release: "
+            f"LambdaClient(..., {new}={py_literal(value)})")
+        arguments[new] = value
+        arguments[f"_as_{new}"] = old  # for messages: the spelling the user wrote
+    return deprecated
+
+
+def _read_one(name: str, spec: setting_spec.Spec, arguments: Mapping[str, Any],
+              done: Mapping[str, Any]) -> Any:
+    """One setting: its argument, else its configured value, parsed given the settings
+    ``done`` before it; refused with the one message of `setting_spec.error`."""
+    given = arguments.get(name, NOT_GIVEN) if spec.arg else NOT_GIVEN
+    if given is None and not spec.nullable:
+        given = NOT_GIVEN  # a None argument of a setting without "off": not given
+    value = given if given is not NOT_GIVEN else setting_spec.configured(spec)
+    source = "argument" if given is not NOT_GIVEN else setting_spec.source(spec, value)
+    if (source != "argument" and isinstance(value, str) and spec.nullable
+            and value.strip().lower() in ("none", "null")):
+        value = None
+    ctx = Context(done, from_argument=source == "argument")
+    try:
+        if value is None and not spec.nullable:
+            raise Refused("it must be set (it has no null value)")
+        return spec.parse(value, ctx)
+    except Refused as exc:
+        written = arguments.get(f"_as_{name}", spec.arg)
+        raise setting_spec.error(spec, value, source, exc, done, written) from None
+
+
+def _specs() -> Iterator[tuple[str, setting_spec.Spec]]:
     for field in dataclasses.fields(Settings):
         if "spec" in field.metadata:
             yield field.name, field.metadata["spec"]
-
-
-_MISSING = object()
-
-
-def _configured(spec: _Spec) -> Any:
-    """The setting's value in dask.config (which holds the packaged defaults too)."""
-    try:
-        value = dask.config.get(f"lambda.{spec.key}", _MISSING)
-    except (TypeError, AttributeError):  # e.g. lambda.batching set to a value, not a mapping
-        value = _MISSING
-    if value is _MISSING:
-        value = _packaged_default(spec.key)
-    return value
-
-
-def _packaged_default(key: str) -> Any:
-    node: Any = config.defaults()["lambda"]
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _source(spec: _Spec, value: Any) -> str:
-    """``"env"`` if the value is the one its environment variable gives, else ``"config"``."""
-    raw = os.environ.get(spec.env)
-    if raw is None:
-        return "config"
-    node: Any = dask.config.collect_env({spec.env: raw})
-    for part in ["lambda", *spec.key.replace("-", "_").split(".")]:
-        node = node.get(part, node.get(part.replace("_", "-"))) if isinstance(node, dict) else None
-    return "env" if node == value else "config"
-
-
-def _env_text(value: Any) -> str:
-    return shlex.quote(value) if isinstance(value, str) else repr(value)
-
-
-def _error(spec: _Spec, value: Any, source: str, refused: Refused, done: Mapping[str, Any],
-           written: str | None) -> ConfigurationError:
-    """The one message builder: what was given, why it is refused, the setting's names and
-    what it takes, and a corrected call that is valid."""
-    shown = "<hidden>" if spec.secret and value is not None else py_literal(value)
-    if source == "argument":
-        given = f"{written}={shown}"
-    elif source == "env":
-        given = f"{spec.env}={'<hidden>' if spec.secret else os.environ[spec.env]}"
-    else:
-        given = f"lambda.{spec.key}={shown}"
-    example = refused.example if refused.example is not NOT_GIVEN else spec.example(done)
-    if spec.arg == "bucket":
-        fix = f"LambdaClient({py_literal(example)}, ...)"
-    elif spec.arg:
-        fix = f"LambdaClient(..., {spec.arg}={py_literal(example)})"
-    else:
-        fix = f"dask.config.set({{{py_literal('lambda.' + spec.key)}: {py_literal(example)}}})"
-    if source == "env":
-        fix += f", or {spec.env}={_env_text(example)}"
-    lead = refused.problem if refused.whole else f"{given} is not valid: {refused.problem}"
-    advice = "did you mean" if refused.did_you_mean else "e.g."
-    message = f"{lead}. Setting {spec.names} takes {spec.expects}; {advice} {fix}"
-    if refused.did_you_mean:
-        message += "?"
-    return (SettingTypeError if refused.type_error else ConfigurationError)(message)
 
 
 def _check_names(arguments: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_lambda.deploy import Target, compat, deploy, names
+from dask_lambda.deploy import Target, compat, deploy, names, slimming
 from dask_lambda.deploy import package as pkg
 from dask_lambda.errors import ImageNeededError
 
@@ -133,7 +133,7 @@ def test_botocore_keeps_the_models_of_the_services_the_handler_calls(built, tmp_
     fake = tmp_path / "botocore" / "data"
     for name in ("s3", "sts", "dynamodb", "ec2"):
         (fake / name).mkdir(parents=True)
-    assert pkg._prune_botocore(tmp_path, ("s3", "dynamodb")).startswith(
+    assert slimming.prune_botocore(tmp_path, ("s3", "dynamodb")).startswith(
         "botocore: models of dynamodb, s3 kept, 2 others left out")
     assert sorted(d.name for d in fake.iterdir()) == ["dynamodb", "s3"]
 
