@@ -52,13 +52,7 @@ def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
     captured: dict = {}
     bucket = event.bucket
     key = env.run_key(event.job_key)
-    if event.job is not None:
-        raw = bytearray(base64.b64decode(event.job))
-    else:
-        raw = s3io.get(env.s3(), bucket, event.job_key, env.transfer_concurrency())
-    job = protocol.decode(raw, key, s3keys.identity(bucket, s3keys.job_identity(event.job_key)))
-    if job.header.get("kind") != "job":
-        raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
+    raw, job = _read_job(event, key)
     t1 = time.time()
 
     # modules the job imports; a missing or refused one raises out of the handler
@@ -106,6 +100,19 @@ def run(event: records.InvokeEvent, context: Any) -> records.InvokeResponse:
     return response.with_stats(dataclasses.replace(
         stats, write_s=t3 - t2, peak_rss_mb=_peak_rss_mb(), duration_s=t3 - t0,
         s3_gets=s3io.COUNTS["get"] - counts0["get"], s3_puts=s3io.COUNTS["put"] - counts0["put"]))
+
+
+def _read_job(event: records.InvokeEvent, key: bytes) -> tuple[bytearray, protocol.Payload]:
+    """The job's bytes (inline or from S3) and its payload, verified as the job it names."""
+    if event.job is not None:
+        raw = bytearray(base64.b64decode(event.job))
+    else:
+        raw = s3io.get(env.s3(), event.bucket, event.job_key, env.transfer_concurrency())
+    job = protocol.decode(raw, key, s3keys.identity(event.bucket,
+                                                    s3keys.job_identity(event.job_key)))
+    if job.header.get("kind") != "job":
+        raise protocol.PayloadError(f"expected a job payload, got {job.header.get('kind')!r}")
+    return raw, job
 
 
 def _peak_rss_mb() -> float:
