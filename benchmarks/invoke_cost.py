@@ -9,7 +9,7 @@ through :class:`dask_lambda.backends.invoke.FunctionInvoker`, the path both the 
 the simulated backends take, with two clients:
 
 ``direct``
-    :mod:`dask_lambda.backends.lambda_api`: SigV4 signed here, pooled HTTP/1.1
+    :mod:`dask_lambda.backends.http.lambda_api`: SigV4 signed here, pooled HTTP/1.1
     connections (the aws backend's default);
 ``sdk``
     an aiobotocore Lambda client configured as the aws backend configures it

@@ -6,7 +6,7 @@ local emulator.  Two ways to dispatch a job:
 
 ``mode="invoke"`` (default)
     one synchronous (``RequestResponse``) invoke per job, on pooled keep-alive
-    connections: by :mod:`.lambda_api` (about a tenth of aiobotocore's client CPU per
+    connections: by :mod:`.http.lambda_api` (about a tenth of aiobotocore's client CPU per
     invoke), or by aiobotocore where a proxy applies to the endpoint or
     ``lambda.aws.invoker`` is ``"sdk"``.  The read timeout is the function timeout
     plus a margin and nothing re-sends an invoke: a long task never runs twice
@@ -50,8 +50,10 @@ from ..errors import (
 )
 from . import aws_trigger
 from .base import Backend, FunctionSettings
+from .http.lambda_api import LambdaInvoker, user_agent
+from .http.sigv4 import Credentials
+from .http.sockets import keepalive, raise_open_files_limit
 from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker, keepalive, raise_open_files_limit, user_agent
 
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
@@ -90,7 +92,7 @@ class AwsBackend(Backend):
     notification_grace
         Trigger mode: seconds an S3 notification may take to start the function.
     invoker
-        How invokes are sent: ``"direct"`` (:mod:`.lambda_api`), ``"sdk"`` (aiobotocore),
+        How invokes are sent: ``"direct"`` (:mod:`.http.lambda_api`), ``"sdk"`` (aiobotocore),
         or ``"auto"``: direct unless a proxy applies to the Lambda endpoint.
     """
 
@@ -285,7 +287,7 @@ class AwsBackend(Backend):
                 f"`{self.deploy}` here (it writes the function's key to that file)")
 
     def _use_direct(self, control: Any) -> bool:
-        """Whether invokes go through `.lambda_api` (see ``invoker``)."""
+        """Whether invokes go through `.http.lambda_api` (see ``invoker``)."""
         if self.invoker != "auto":
             return self.invoker == "direct"
         return not _proxied(control.meta.endpoint_url, control.meta.config.proxies)
@@ -388,7 +390,7 @@ class AwsBackend(Backend):
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:
     """The aiobotocore config of the ``sdk`` invoke client: ``connections`` pooled, nothing
     re-sends an invoke, it waits ``read_timeout`` seconds for an answer, and its sockets send
-    TCP keepalives (`.lambda_api.keepalive`).
+    TCP keepalives (`.http.sockets.keepalive`).
 
     botocore's own ``tcp_keepalive`` turns keepalive on with the system's idle time (two
     hours), and aiobotocore does not apply it; aiobotocore >= 3.1 takes a socket factory

@@ -5,7 +5,7 @@ gateway, job encoding, invokes) can be measured at a scale this machine could
 never run for real.  Lambda is a process of its own
 (:mod:`dask_lambda.backends.simulated_server`) that serves the Lambda Invoke API
 on 127.0.0.1, and the client reaches it through the same invoke path as the aws
-backend (:mod:`.invoke`, :mod:`.lambda_api`: SigV4 signing, pooled HTTP
+backend (:mod:`.invoke`, :mod:`.http`: SigV4 signing, pooled HTTP
 connections, Lambda's status codes), so the client's cost per invocation is the
 real one.  Thousands of concurrent "functions" are timers in that process.  Per
 invocation it models
@@ -59,8 +59,9 @@ import cloudpickle
 from ..errors import ConfigurationError, HandlerCrashedError
 from ..scaling import SCALING_PERIOD, SCALING_RATE
 from .base import FunctionSettings
+from .http.lambda_api import LambdaInvoker
+from .http.sigv4 import Credentials
 from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker
 from .local_s3 import CREDENTIALS, LocalS3Backend, start_server_process, stop_process
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class SimulatedBackend(LocalS3Backend):
 
     async def start(self) -> None:
         from .. import serialize
-        from .lambda_api import raise_open_files_limit
+        from .http.sockets import raise_open_files_limit
 
         await self.start_s3()
         settings = self.settings
