@@ -28,7 +28,7 @@ from ._compat import NoOpAwaitable
 from .backends.base import Backend, FunctionSettings
 from .batching import BatchSettings
 from .cost import CostMeter
-from .deploy.names import bucket_url
+from .deployment.names import bucket_url
 from .errors import ConfigurationError
 from .gateway import (
     GatewayScheduler,
@@ -101,7 +101,8 @@ class LambdaCluster(SpecCluster):
             self.backend = settings.backend
         elif settings.backend == "aws":
             from .backends.aws import AwsBackend
-            from .deploy import keys, names
+            from .deploy import keys
+            from .deployment import names
 
             deploy = names.deploy_command(self.bucket, self.prefix, settings.function,
                                           settings.region)

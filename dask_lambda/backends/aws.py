@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -42,7 +41,8 @@ from urllib.parse import urlsplit
 from dask_lambda_handler import protocol, s3errors
 
 from .. import failures
-from ..deploy import compat, names
+from ..deployment import compat, names, ping
+from ..deployment.region import default_region
 from ..errors import (
     ConfigurationError,
     PermissionDeniedError,
@@ -62,14 +62,6 @@ _CONNECT_TIMEOUT = 10
 
 _code = s3errors.error_code  # of a botocore ClientError
 logger = logging.getLogger(__name__)
-
-
-def default_region() -> str | None:
-    """The region boto would use (``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile)."""
-    import botocore.session
-
-    return (botocore.session.get_session().get_config_variable("region")
-            or os.environ.get("AWS_REGION") or None)
 
 
 class AwsBackend(Backend):
@@ -256,7 +248,7 @@ class AwsBackend(Backend):
         configuration. Runs in a thread: this happens once, at start."""
         import botocore.session
 
-        from ..deploy import function
+        from ..deployment import states
         from ..errors import DeployError
 
         state = conf.get("State")
@@ -267,7 +259,7 @@ class AwsBackend(Backend):
                 f"`{self.deploy}`")
         lam = botocore.session.get_session().create_client("lambda", region_name=self.region)
         try:
-            return function.wake(lam, self.function, out=logger.warning)
+            return states.wake(lam, self.function, out=logger.warning)
         except DeployError as exc:
             raise ConfigurationError(str(exc)) from None
 
@@ -321,14 +313,9 @@ class AwsBackend(Backend):
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
         assert self._invoker is not None
-        from ..deploy import function
-
-        body, function_error, _, _ = await self._invoker.send(function.PING, count=False)
-        try:
-            answer = json.loads(body or b"null")
-        except ValueError:
-            answer = None
-        if function_error or not isinstance(answer, dict) or "versions" not in answer:
+        body, function_error, _, _ = await self._invoker.send(ping.PING, count=False)
+        answer = ping.answer(body, function_error)
+        if answer is None or "versions" not in answer:
             raise VersionMismatchError(
                 f"the Lambda function {self.function!r} did not answer dask-lambda's ping "
                 f"({body[:300]!r}): it is not a dask-lambda handler, or a broken one. Redeploy "
@@ -342,7 +329,7 @@ class AwsBackend(Backend):
                 f"from this environment: `{self.deploy}`")
         from dask_lambda_handler import env
 
-        problem = function.key_problem(answer, env.key_id(self.settings.signing_key))
+        problem = ping.key_problem(answer, env.key_id(self.settings.signing_key))
         if problem:
             raise ConfigurationError(
                 f"the Lambda function {self.function!r} cannot use its signing key, so every "

@@ -42,7 +42,7 @@ from typing import Any
 
 from dask_lambda_handler import protocol, s3errors, trigger
 
-from ..deploy import names
+from ..deployment import names
 from ..errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
 
 _MIN_INTERVAL = 0.05

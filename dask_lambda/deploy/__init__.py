@@ -18,9 +18,10 @@ What ``deploy`` makes, for a bucket ``B`` (optionally a prefix ``P``) and a func
   ``P/jobs/*.trigger.job``.
 
 Running it again updates all of that in place, and changes only what deploy made (tags).
-Submodules: :mod:`.names` (naming and limits), :mod:`.compat` (runtimes and versions),
-:mod:`.keys`, :mod:`.package`, :mod:`.bucket`, :mod:`.iam`, :mod:`.function`,
-:mod:`.permissions` (the IAM policies the deployer and the users need).
+Submodules: :mod:`.keys`, :mod:`.package`, :mod:`.bucket`, :mod:`.iam`, :mod:`.function`,
+:mod:`.permissions` (the IAM policies the deployer and the users need). What the aws backend
+needs too (naming and limits, runtimes and versions, the ping, function states) is
+:mod:`dask_lambda.deployment`'s.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class Target:
     @classmethod
     def parse(cls, bucket: str, function: str | None = None, region: str | None = None
               ) -> Target:
-        from ..backends.aws import default_region
-        from ..cluster import parse_bucket
-        from . import names
+        from ..deployment import names
+        from ..deployment.region import default_region
+        from ..settings import parse_bucket
 
         name, prefix = parse_bucket(bucket)
         region = region or default_region()
@@ -70,7 +71,7 @@ class Target:
         return cls(name, prefix, function or names.DEFAULT_FUNCTION, region)
 
     def command(self, verb: str = "deploy", *extra: str) -> str:
-        from . import names
+        from ..deployment import names
 
         words = names.deploy_command(self.bucket, self.prefix, self.function, self.region, *extra)
         return words.replace("dask-lambda deploy", f"dask-lambda {verb}", 1)
@@ -168,8 +169,8 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         ``function_arn``, ``role_arn``, ``key_file``, ``function`` ("created", "updated" or
         "unchanged"), ``versions`` (the handler's ping answer).
     """
+    from ..deployment import compat, names
     from ..errors import ImageNeededError, PackageTooLargeError
-    from . import compat, names
     from . import package as pkg
 
     lo, hi = names.MEMORY_RANGE
@@ -212,8 +213,9 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
     from dask_lambda_handler import protocol
 
     from .. import __version__
+    from ..deployment import compat, names, ping, states
     from ..errors import VersionMismatchError
-    from . import bucket, compat, function, iam, keys, names
+    from . import bucket, function, iam, keys
 
     account = c["sts"].get_caller_identity()["Account"]
     # Everything that would stop the deployment is checked before anything is changed.
@@ -224,7 +226,7 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
     iam.check_ours(c["iam"], target.function)
     secret = keys.find_secret(c["secretsmanager"], target.function)
     if current is not None and current.get("State") == "Inactive":
-        function.wake(c["lambda"], target.function, out=out)
+        states.wake(c["lambda"], target.function, out=out)
 
     created = bucket.ensure(c["s3"], target.bucket, target.region, target.prefix,
                             target.function)
@@ -309,7 +311,7 @@ def _deploy(c: dict[str, Any], target: Target, runtime: str, *, memory: int, tim
         raise VersionMismatchError(
             f"the deployed handler does not match this environment ({'; '.join(diffs)}); "
             f"the package did not install as expected. Run `{target.command()}` again.")
-    problem = function.key_problem(answer, handler_env.key_id(key))
+    problem = ping.key_problem(answer, handler_env.key_id(key))
     if problem:
         raise DeployError(f"the deployed function cannot use its signing key: {problem}")
     out(f"signing key: {key_path} (and the secret {names.secret_name(target.function)})")
@@ -345,7 +347,7 @@ def _kms_key_arn(c: dict[str, Any], target: Target, account: str, key: str | Non
 
 
 def _upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
-    from . import names
+    from ..deployment import names
 
     key = names.code_key(target.prefix, target.function)
     try:
@@ -361,7 +363,7 @@ def _upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
 
 
 def _too_large(target: Target, size: int, context: Path, arch: str) -> str:
-    from . import names
+    from ..deployment import names
 
     return (
         f"the package is {size / 2**20:.0f} MB unzipped, more than Lambda's "
@@ -394,7 +396,8 @@ def destroy(target: Target, *, out: Out = print) -> list[str]:
 
 
 def _destroy(c: dict[str, Any], target: Target, out: Out) -> list[str]:
-    from . import bucket, function, iam, keys, names
+    from ..deployment import names
+    from . import bucket, function, iam, keys
 
     done: list[str] = []
     current = function.get(c["lambda"], target.function)
@@ -433,7 +436,8 @@ def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
     from dask_lambda_handler import env as handler_env
     from dask_lambda_handler import protocol
 
-    from . import bucket, compat, function, iam, keys, names
+    from ..deployment import compat, names, ping, states
+    from . import bucket, function, iam, keys
 
     problems: list[str] = []
 
@@ -472,7 +476,7 @@ def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
     conf = function.get(c["lambda"], target.function)
     if conf is not None and conf.get("State") == "Inactive":
         out(f"--  function {target.function} was Inactive (no invocations for a long time)")
-        conf = dict(conf, **function.wake(c["lambda"], target.function, out=out))
+        conf = dict(conf, **states.wake(c["lambda"], target.function, out=out))
     line(conf is not None, f"function {target.function}" + (
         f" ({conf.get('Runtime') or 'image'}, {conf['MemorySize']} MB, {conf['Timeout']} s, "
         f"{conf.get('State', 'Active')})" if conf else ""))
@@ -494,7 +498,7 @@ def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
                  == handler_env.key_id(local_key),
                  f"  signing key {names.key_file(target.function)} matches the function's"
                  + ("" if local_key is not None else " (no such file)"))
-            problem = function.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
+            problem = ping.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
             line(problem is None, "  the function can read its signing key" if problem is None
                  else f"  the function cannot use its signing key: {problem}")
         if where is not None:

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field, replace
 from importlib.metadata import distributions
 from pathlib import Path
 
+from ..deployment import compat, names
 from ..errors import DeployError, ImageNeededError
-from . import compat, names
 
 #: What tasks need by default: the handler's and dask's libraries, pandas/numpy/pyarrow for
 #: dataframes and arrays, s3fs for s3:// paths (with the botocore its aiobotocore was made for),
