@@ -65,7 +65,7 @@ class LambdaCluster(SpecCluster):
         A `dask_lambda.settings.Settings` made already (as `LambdaClient` does), instead of
         the settings as arguments.
     local_faults
-        Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
+        Local backend: a `dask_lambda.backends.local.faults.FaultPlan` (for testing).
     asynchronous, loop
         As for any ``SpecCluster``.
     **options

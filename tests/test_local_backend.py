@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from dask_lambda_handler import protocol
 
 from dask_lambda import LambdaClient
-from dask_lambda.backends.faults import FaultPlan
+from dask_lambda.backends.local.faults import FaultPlan
 from dask_lambda.errors import ClientFileError, HandlerCrashedError, TaskExitError
 from dask_lambda.serialize import dumps
 
@@ -125,7 +125,7 @@ def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, 
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len([
                 p for p in processes_below(directory)
-                if "local_runtime" in " ".join(p.cmdline())]) < 2:
+                if "backends.local.runtime" in " ".join(p.cmdline())]) < 2:
             time.sleep(0.2)  # both environments are running a 30 s task
         assert time.monotonic() < deadline
         if not own_s3:
@@ -142,7 +142,7 @@ def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, 
     # interrupted under it (they printed tracebacks of their own).
     assert proc.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in err
-    for child in ("s3server", "local_runtime", "dask_lambda_handler", "runner.py"):
+    for child in ("s3server", "local/runtime", "dask_lambda_handler", "runner.py"):
         assert child not in err, err
     assert_nothing_left(directory)
     if not own_s3:
@@ -198,7 +198,7 @@ async def _cancel_running(backend, event, after):
     invocation = asyncio.ensure_future(backend.invoke(event))
     await asyncio.sleep(after)
     [env] = [p.pid for p in processes_below(backend.directory)
-             if "local_runtime" in " ".join(p.cmdline()) and p.ppid() == os.getpid()]
+             if "backends.local.runtime" in " ".join(p.cmdline()) and p.ppid() == os.getpid()]
     invocation.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await invocation

@@ -89,7 +89,7 @@ class FunctionInvoker:
         connections = max(10, concurrency)
         raise_open_files_limit(connections)
         if self.direct is not None:
-            self.direct.pool.set_limit(connections)
+            self.direct.set_limit(connections)
 
     async def invoke(self, event: dict) -> dict:
         """Run ``event`` and return the handler's response (a dict).

@@ -109,6 +109,15 @@ class LambdaInvoker:
         headers["user-agent"] = self.user_agent  # not signed, as botocore does not sign it
         return await self.pool.request("POST", self.path, headers, payload, self.read_timeout)
 
+    async def get(self, path: str, timeout: float = 30.0) -> Response:
+        """An unsigned ``GET path`` on the same endpoint and connections (e.g. the simulated
+        Lambda's own ``/_simulator/...`` paths); never re-sent."""
+        return await self.pool.request("GET", path, {"host": self.pool.host}, b"", timeout)
+
+    def set_limit(self, max_connections: int) -> None:
+        """At most ``max_connections`` invocations in flight from now on."""
+        self.pool.set_limit(max_connections)
+
     def forget_credentials(self) -> None:
         """Fetch the credentials again before the next invoke (Lambda found them expired)."""
         self._frozen = None

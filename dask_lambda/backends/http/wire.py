@@ -1,7 +1,7 @@
 """HTTP/1.1 messages (RFC 9112): heads parsed and written, response bodies read.
 
 The client's pool (:mod:`.pool`) writes requests and reads responses; the simulated Lambda
-(:mod:`dask_lambda.backends.simulated_server`) reads requests and writes responses. Both
+(:mod:`dask_lambda.backends.simulated.server`) reads requests and writes responses. Both
 parse a head with `parse_head` and write a message with `message`.
 """
 

@@ -14,8 +14,8 @@ import secrets
 import sys
 from typing import Any
 
-from ..errors import ConfigurationError
-from .base import Backend, FunctionSettings
+from ...errors import ConfigurationError
+from ..base import Backend, FunctionSettings
 from .s3server import TEST_CREDENTIALS
 
 #: What clients and handlers use with an S3 endpoint given as ``local_s3_endpoint`` (a
@@ -118,7 +118,7 @@ class LocalS3Backend(Backend):
             return
         try:
             self._own_s3, port = await start_server_process(
-                self.python, "dask_lambda.backends.s3server", "--credentials-on-stdin",
+                self.python, "dask_lambda.backends.local.s3server", "--credentials-on-stdin",
                 config=json.dumps(self.credentials).encode() + b"\n", cwd=directory)
         except OSError as exc:  # the interpreter is missing or cannot be run
             raise ConfigurationError(

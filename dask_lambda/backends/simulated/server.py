@@ -1,6 +1,6 @@
 """A simulated Lambda endpoint in a process of its own.
 
-``python -m dask_lambda.backends.simulated_server`` reads one line from stdin (base64 of a
+``python -m dask_lambda.backends.simulated.server`` reads one line from stdin (base64 of a
 cloudpickled `ServerConfig`), binds 127.0.0.1 on a free port, prints ``PORT <n>`` once it
 serves, and exits when its stdin closes, so it never outlives the process that started
 it.  It answers the Lambda API's synchronous Invoke
@@ -14,7 +14,7 @@ run: an invocation sleeps for its modelled duration and answers with a signed re
 With ``ServerConfig.tls`` it serves HTTPS, as Lambda does, so that clients pay for TLS too.
 
 It is a plain asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies; heads parsed and
-written by :mod:`.http.wire`, as the client's pool does), because
+written by :mod:`..http.wire`, as the client's pool does), because
 at 10,000 invocations a second a framework's per-request cost would compete with the
 client it is measuring for this machine's cores.
 """
@@ -34,8 +34,8 @@ from typing import Any
 
 from dask_lambda_handler import protocol
 
-from .http import wire
-from .simulated import ServerConfig, SimulatedCounters, sampler
+from ..http import wire
+from .model import ServerConfig, SimulatedCounters, sampler
 
 _INVOKE_PREFIX = "/2015-03-31/functions/"
 _INVOKE_SUFFIX = "/invocations"

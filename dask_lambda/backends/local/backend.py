@@ -2,9 +2,9 @@
 
 * S3 is moto's S3 server in a process of its own on 127.0.0.1 (or an
   endpoint you give), spoken to over HTTP like the real one, with a key pair of
-  its own per client (`dask_lambda.backends.s3server`).
+  its own per client (`dask_lambda.backends.local.s3server`).
 * Each execution environment is a fresh interpreter running
-  :mod:`dask_lambda.backends.local_runtime`, which imports the real handler
+  :mod:`dask_lambda.backends.local.runtime`, which imports the real handler
   and serves invocations one at a time.  Environments are reused warm, at most
   ``concurrency`` exist, each runs in a private working and temp directory, an
   invocation past the timeout kills its environment, and one whose memory
@@ -16,7 +16,7 @@
 * Environments see no AWS settings of the client's (no credentials, profiles,
   role or container-credential variables, no ``~/.aws`` files): only the local
   S3's endpoint and key, as a function sees only its role's.  They refuse opens
-  of the client's files (`dask_lambda.backends.local_files`), which a Lambda
+  of the client's files (`dask_lambda.backends.local.files`), which a Lambda
   function cannot see either.
 """
 
@@ -37,8 +37,8 @@ from typing import Any
 from dask_lambda_handler import protocol
 from dask_lambda_handler.client_paths import CLIENT_DIRS_ENV
 
-from .. import limits
-from ..errors import (
+from ... import limits
+from ...errors import (
     ConfigurationError,
     FunctionError,
     HandlerCrashedError,
@@ -46,13 +46,13 @@ from ..errors import (
     LambdaThrottledError,
     LambdaTimeoutError,
 )
-from .base import FunctionSettings
+from ..base import FunctionSettings
 from .faults import FaultPlan
-from .local_s3 import START_TIMEOUT, LocalS3Backend
+from .s3 import START_TIMEOUT, LocalS3Backend
 
 _LEN = struct.Struct(">I")
 HANDLER = "dask_lambda_handler.entry.handler"
-RUNTIME = "dask_lambda.backends.local_runtime"
+RUNTIME = "dask_lambda.backends.local.runtime"
 _MEMORY_POLL = 0.05
 _VCPU_MB = 1769  # Lambda gives one vCPU per 1,769 MB (AWS-FACTS.md)
 _EXIT_GRACE = 0.2  # what an exiting runtime wrote may still be in the pipe this long

@@ -6,7 +6,7 @@ local emulator.  Two ways to dispatch a job:
 
 ``mode="invoke"`` (default)
     one synchronous (``RequestResponse``) invoke per job, on pooled keep-alive
-    connections: by :mod:`.http.lambda_api` (about a tenth of aiobotocore's client CPU per
+    connections: by :mod:`..http.lambda_api` (about a tenth of aiobotocore's client CPU per
     invoke), or by aiobotocore where a proxy applies to the endpoint or
     ``lambda.aws.invoker`` is ``"sdk"``.  The read timeout is the function timeout
     plus a margin and nothing re-sends an invoke: a long task never runs twice
@@ -18,7 +18,7 @@ local emulator.  Two ways to dispatch a job:
     twice) are never used.
 ``mode="trigger"``
     the job is written as an S3 object and the bucket's ObjectCreated
-    notification invokes the function (:mod:`.aws_trigger`).
+    notification invokes the function (:mod:`.trigger`).
 
 `start` checks that the function exists and is Active (waking it if Lambda made it
 Inactive after weeks without invocations), that this client's signing key is the
@@ -40,20 +40,20 @@ from urllib.parse import urlsplit
 
 from dask_lambda_handler import protocol, s3errors
 
-from .. import failures
-from ..deployment import compat, names, ping
-from ..deployment.region import default_region
-from ..errors import (
+from ... import failures
+from ...deployment import compat, names, ping
+from ...deployment.region import default_region
+from ...errors import (
     ConfigurationError,
     PermissionDeniedError,
     VersionMismatchError,
 )
-from . import aws_trigger
-from .base import Backend, FunctionSettings
-from .http.lambda_api import LambdaInvoker, user_agent
-from .http.sigv4 import Credentials
-from .http.sockets import keepalive, raise_open_files_limit
-from .invoke import FunctionInvoker
+from ..base import Backend, FunctionSettings
+from ..http.lambda_api import LambdaInvoker, user_agent
+from ..http.sigv4 import Credentials
+from ..http.sockets import keepalive, raise_open_files_limit
+from ..invoke import FunctionInvoker
+from . import trigger
 
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
@@ -84,7 +84,7 @@ class AwsBackend(Backend):
     notification_grace
         Trigger mode: seconds an S3 notification may take to start the function.
     invoker
-        How invokes are sent: ``"direct"`` (:mod:`.http.lambda_api`), ``"sdk"`` (aiobotocore),
+        How invokes are sent: ``"direct"`` (:mod:`..http.lambda_api`), ``"sdk"`` (aiobotocore),
         or ``"auto"``: direct unless a proxy applies to the Lambda endpoint.
     """
 
@@ -155,7 +155,7 @@ class AwsBackend(Backend):
             memory=self.function_memory, timeout=self.function_timeout,
             read_timeout=read_timeout, fix=self._fix,
             redeploy=f"deploy it again with `{self.deploy}`", on_sent=self._count_invocation)
-        limits = await aws_trigger.read_limits(control, self.function,
+        limits = await trigger.read_limits(control, self.function,
                                                account=self.mode == "trigger")
         if limits.reserved == 0:
             raise ConfigurationError(failures.switched_off(self.function))
@@ -167,20 +167,20 @@ class AwsBackend(Backend):
                     retries={"mode": "standard", "max_attempts": 5},
                     max_pool_connections=max(10, min(256, self.settings.concurrency)))))
             await self._check_trigger(s3)
-            self._trigger = aws_trigger.TriggerDispatcher(
+            self._trigger = trigger.TriggerDispatcher(
                 s3, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
                 deploy=self.deploy, limit=self._trigger_limit(limits))
 
-    def _trigger_limit(self, limits: aws_trigger.Limits) -> int | None:
+    def _trigger_limit(self, limits: trigger.Limits) -> int | None:
         """Trigger mode: most jobs out at once. Lambda queues asynchronous invocations it
         cannot run yet (for hours) instead of refusing them, so the client holds back the
         jobs the function may not run now rather than have them time out in the queue."""
         cap = limits.cap()
         if cap is None or cap[0] >= self.settings.concurrency:
             return None
-        aws_trigger.logger.warning(
+        trigger.logger.warning(
             "mode=\"trigger\": at most %d jobs at once, %s (concurrency=%d asked for more)",
             cap[0], cap[1], self.settings.concurrency)
         return cap[0]
@@ -248,8 +248,8 @@ class AwsBackend(Backend):
         configuration. Runs in a thread: this happens once, at start."""
         import botocore.session
 
-        from ..deployment import states
-        from ..errors import DeployError
+        from ...deployment import states
+        from ...errors import DeployError
 
         state = conf.get("State")
         if state not in ("Inactive", "Pending"):
