@@ -48,7 +48,7 @@ from ...errors import (
     PermissionDeniedError,
     VersionMismatchError,
 )
-from ..base import Backend, FunctionSettings
+from ..base import Backend, FunctionSettings, S3Endpoint
 from ..http.lambda_api import LambdaInvoker, user_agent
 from ..http.sigv4 import Credentials
 from ..http.sockets import keepalive, raise_open_files_limit
@@ -62,6 +62,21 @@ _CONNECT_TIMEOUT = 10
 
 _code = s3errors.error_code  # of a botocore ClientError
 logger = logging.getLogger(__name__)
+
+
+class AwsS3(S3Endpoint):
+    """Amazon S3 in ``region``, reached with boto's credentials (profile, environment)."""
+
+    def __init__(self, region: str | None):
+        self.region = region
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"endpoint_url": None, "region": self.region, "credentials": None}
+
+    def environment(self) -> dict[str, str]:
+        # Keep the user's profile and session token visible while the client is open.
+        return {k: os.environ[k] for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN") if k in os.environ}
 
 
 class AwsBackend(Backend):
@@ -99,6 +114,7 @@ class AwsBackend(Backend):
         self.function = function
         self.mode = mode
         self.region = region or default_region()  # Settings checked that boto has one
+        self.s3 = AwsS3(self.region)
         self.invoker = invoker
         self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
         self.grace = float(notification_grace)
@@ -111,20 +127,12 @@ class AwsBackend(Backend):
         self._invoker: FunctionInvoker | None = None
         self._trigger: Any = None
 
-    @property
-    def s3_options(self) -> dict[str, Any]:
-        return {"endpoint_url": None, "region": self.region, "credentials": None}
-
     # billed_memory_mb: the base class's settings.memory, which `start` sets to the deployed
     # function's MemorySize.
 
     @property
     def billed_architecture(self) -> str:
         return self.function_architecture
-
-    def client_environment(self) -> dict[str, str]:
-        # Keep the user's profile and session token visible while the client is open.
-        return {k: os.environ[k] for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN") if k in os.environ}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -369,9 +377,7 @@ class AwsBackend(Backend):
         else:
             assert self._invoker is not None, "invoke before start"
             response = await self._invoker.invoke(event)
-        if (response.get("stats") or {}).get("cold"):
-            self.cold_starts += 1
-        return response
+        return self.count_cold_start(response)
 
 
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:

@@ -7,7 +7,7 @@
 :mod:`.files`
     the client's files a job may read, copied in as Lambda would need them shipped.
 :mod:`.s3`
-    `LocalS3Backend`: the moto S3 server both local backends (local, simulated) share.
+    `LocalS3`: the moto S3 server both local backends (local, simulated) share.
 :mod:`.s3server`
     that server, a process of its own (``python -m dask_lambda.backends.local.s3server``).
 :mod:`.faults`

@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import struct
+import sys
 import tempfile
 import time
 import uuid
@@ -46,9 +47,9 @@ from ...errors import (
     LambdaThrottledError,
     LambdaTimeoutError,
 )
-from ..base import FunctionSettings
+from ..base import Backend, FunctionSettings
 from .faults import FaultPlan
-from .s3 import START_TIMEOUT, LocalS3Backend
+from .s3 import START_TIMEOUT, LocalS3
 
 _LEN = struct.Struct(">I")
 HANDLER = "dask_lambda_handler.entry.handler"
@@ -181,7 +182,7 @@ class _Environment:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class LocalBackend(LocalS3Backend):
+class LocalBackend(Backend):
     """Run the handler in local processes that behave like Lambda execution environments.
 
     Parameters
@@ -204,7 +205,10 @@ class LocalBackend(LocalS3Backend):
     def __init__(self, settings: FunctionSettings, *, s3_endpoint: str | None = None,
                  python: str | None = None, region: str = "us-east-1",
                  faults: FaultPlan | None = None):
-        super().__init__(settings, s3_endpoint=s3_endpoint, python=python, region=region)
+        super().__init__(settings)
+        self.python = python or sys.executable
+        self.region = region  # (S3's; the cluster's card shows it)
+        self.s3: LocalS3 = LocalS3(s3_endpoint, python=self.python, region=region)
         self.faults = faults
         self._throttled: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
@@ -225,7 +229,7 @@ class LocalBackend(LocalS3Backend):
 
     async def start(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="dask-lambda-local-")
-        await self.start_s3(self._dir)
+        await self.s3.start(self._dir)
         self._monitor = asyncio.create_task(self._watch_memory())
 
     async def stop(self) -> None:
@@ -240,7 +244,7 @@ class LocalBackend(LocalS3Backend):
 
     async def close(self) -> None:
         await self.stop()
-        await self.close_s3()
+        await self.s3.close()
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 

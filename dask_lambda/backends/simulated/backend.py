@@ -48,22 +48,24 @@ import json
 import logging
 import shutil
 import ssl
+import sys
 import tempfile
 from typing import Any
 
 import cloudpickle
 
 from ...errors import ConfigurationError, HandlerCrashedError
-from ..base import FunctionSettings
+from ..base import Backend, FunctionSettings
 from ..http.lambda_api import LambdaInvoker
 from ..http.sigv4 import Credentials
 from ..invoke import FunctionInvoker
-from ..local.s3 import CREDENTIALS, LocalS3Backend, start_server_process, stop_process
+from ..local.s3 import CREDENTIALS, LocalS3, start_server_process, stop_process
 from .model import LambdaModel, ServerConfig, SimulatedCounters
 
 logger = logging.getLogger(__name__)
 
-class SimulatedBackend(LocalS3Backend):
+
+class SimulatedBackend(Backend):
     """Lambda's latencies, cold starts, concurrency limit and scaling rate; tasks only sleep.
 
     Parameters
@@ -91,7 +93,10 @@ class SimulatedBackend(LocalS3Backend):
 
     def __init__(self, model: LambdaModel | None = None, settings: FunctionSettings | None = None,
                  *, s3_endpoint: str | None = None, tls: bool = False):
-        super().__init__(settings, s3_endpoint=s3_endpoint)
+        super().__init__(settings)
+        self.python = sys.executable
+        self.s3: LocalS3 = LocalS3(s3_endpoint, python=self.python)
+        self.region = self.s3.region  # (S3's, and the one invokes are signed for)
         self.model = model = model or LambdaModel()
         self.tls = tls
         self._directory: str | None = None
@@ -130,7 +135,7 @@ class SimulatedBackend(LocalS3Backend):
         from ... import serialize
         from ..http.sockets import raise_open_files_limit
 
-        await self.start_s3()
+        await self.s3.start()
         settings = self.settings
         connections = max(10, settings.concurrency)
         raise_open_files_limit(connections)
@@ -192,7 +197,7 @@ class SimulatedBackend(LocalS3Backend):
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
-        await self.close_s3()
+        await self.s3.close()
 
     # -- invoke -----------------------------------------------------------------------
 
@@ -204,10 +209,7 @@ class SimulatedBackend(LocalS3Backend):
     async def invoke(self, event: dict) -> dict:
         if self._closed or self._invoker is None:
             raise HandlerCrashedError("the simulated backend is closed")
-        response = await self._invoker.invoke(event)
-        if (response.get("stats") or {}).get("cold"):
-            self.cold_starts += 1
-        return response
+        return self.count_cold_start(await self._invoker.invoke(event))
 
 
 def _self_signed(directory: str) -> tuple[str, str]:
