@@ -47,8 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _env import banner, environment  # noqa: E402
 
-from dask_lambda.deploy import compat, names  # noqa: E402
 from dask_lambda.deploy import package as pkg  # noqa: E402
+from dask_lambda.deployment import compat, names  # noqa: E402
 
 PARTS = (
     ("numpy", "import numpy"),

@@ -4,12 +4,12 @@ What it measures
 ----------------
 The same synchronous invokes (``RequestResponse``, log tail, a typical job event of
 about 1 KB with the job inline) sent to the simulated Lambda endpoint
-(:mod:`dask_lambda.backends.simulated_server`, a process of its own, answering at once)
+(:mod:`dask_lambda.backends.simulated.server`, a process of its own, answering at once)
 through :class:`dask_lambda.backends.invoke.FunctionInvoker`, the path both the aws and
 the simulated backends take, with two clients:
 
 ``direct``
-    :mod:`dask_lambda.backends.lambda_api`: SigV4 signed here, pooled HTTP/1.1
+    :mod:`dask_lambda.backends.http.lambda_api`: SigV4 signed here, pooled HTTP/1.1
     connections (the aws backend's default);
 ``sdk``
     an aiobotocore Lambda client configured as the aws backend configures it
@@ -58,7 +58,7 @@ async def _sdk_invoker(backend: SimulatedBackend, concurrency: int, stack: objec
                        ) -> FunctionInvoker:
     from aiobotocore.session import get_session
 
-    from dask_lambda.backends.aws import sdk_invoke_config
+    from dask_lambda.backends.aws.backend import sdk_invoke_config
 
     verify = os.path.join(backend._directory, "cert.pem") if backend.tls else None
     direct = backend._invoker

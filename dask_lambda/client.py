@@ -38,7 +38,7 @@ class LambdaClient(Client):
         Run chains and small subtrees of short tasks in one invocation when that is
         faster (default ``lambda.batching.enabled``, true); see `dask_lambda.batching`.
     local_faults
-        Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
+        Local backend: a `dask_lambda.backends.local.faults.FaultPlan` (for testing).
     **kwargs
         The other settings (every argument named in
         `dask_lambda.settings.Settings.arguments`: ``inline_max``, ``retries``,

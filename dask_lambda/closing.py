@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .deploy.names import bucket_url
+from .deployment.names import bucket_url
 
 if TYPE_CHECKING:
     from dask_lambda_handler import s3keys

@@ -64,7 +64,7 @@ class LambdaCluster(SpecCluster):
         A `dask_lambda.settings.Settings` made already (as `LambdaClient` does), instead of
         the settings as arguments.
     local_faults
-        Local backend: a `dask_lambda.backends.faults.FaultPlan` (for testing).
+        Local backend: a `dask_lambda.backends.local.faults.FaultPlan` (for testing).
     asynchronous, loop
         As for any ``SpecCluster``.
     **options
@@ -329,7 +329,8 @@ def _make_backend(settings: Settings, function: FunctionSettings, layout: s3keys
         return function, settings.backend
     if settings.backend == "aws":
         from .backends.aws import AwsBackend
-        from .deploy import keys, names
+        from .deploy import keys
+        from .deployment import names
 
         deploy = names.deploy_command(layout.bucket, layout.prefix, settings.function,
                                       settings.region)

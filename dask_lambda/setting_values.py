@@ -325,7 +325,7 @@ def region(value: Any, ctx: Context) -> str | None:
         raise Refused(f"{value!r} is not an AWS region name", type_error=not isinstance(
             value, str))
     if value is None and ctx.done["backend"] == "aws":
-        from .backends.aws import default_region
+        from .deployment.region import default_region
 
         if not default_region():  # None stays None: the backend uses boto's region
             raise Refused("the aws backend needs an AWS region and boto has none "

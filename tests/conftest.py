@@ -22,7 +22,7 @@ from dask_lambda import LambdaClient
 def s3_server(faults: dict | None = None):
     """A moto S3 server process on 127.0.0.1 (optionally injecting faults); yields its URL."""
     extra = ["--faults", json.dumps(faults)] if faults else []
-    proc = subprocess.Popen([sys.executable, "-m", "dask_lambda.backends.s3server", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "dask_lambda.backends.local.s3server", *extra],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode()

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from dask_lambda import LambdaClient
-from dask_lambda.deploy import Target, deploy, function, names
+from dask_lambda.deploy import Target, deploy
+from dask_lambda.deployment import names, states
 from dask_lambda.errors import (
     ConfigurationError,
     LambdaTimeoutError,
@@ -233,7 +234,7 @@ def _deploy_unchecked(function: str, prefix: str, package: Path) -> None:
 def test_an_inactive_function_is_woken_by_the_client(aws, monkeypatch):
     """A function idle for weeks is Inactive; the first invoke fails and wakes it (Lambda
     function states). The client wakes it and waits, instead of advising a redeploy."""
-    monkeypatch.setattr(function, "_POLL", 0.2)
+    monkeypatch.setattr(states, "_POLL", 0.2)
     with LambdaFake(aws["endpoint"]) as fake, environment({"AWS_ENDPOINT_URL_LAMBDA": fake.url}):
         fake.inactive("dl-e2e")
         with _client("invoke") as c:

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from dask_lambda import LambdaClient
-from dask_lambda.deploy import Target, deploy, names, permissions
+from dask_lambda.deploy import Target, deploy, permissions
+from dask_lambda.deployment import names
 from dask_lambda.errors import HandlerCrashedError
 
 from .aws_fixtures import (

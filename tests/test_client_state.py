@@ -170,7 +170,7 @@ def test_s3_gone_mid_run_fails_the_compute_and_close_still_cleans_up(caplog):
     x = client.persist(da.ones((200, 200), chunks=100) + 1)
     wait(x)
     run = client.cluster.layout.run
-    client.cluster.backend._own_s3.kill()  # the client's own S3 server dies
+    client.cluster.backend.s3._own_s3.kill()  # the client's own S3 server dies
     with pytest.raises(Exception, match="Could not connect to the endpoint URL"):
         client.compute((x * 2).sum()).result()
     start = time.monotonic()
@@ -212,9 +212,9 @@ def test_two_clients_open_at_once_each_keep_their_s3_and_close_in_any_order():
     second = LambdaClient("s3://t-layers-b", concurrency=1, dashboard_address=None,
                           set_as_default=False)
     try:
-        assert os.environ["AWS_ENDPOINT_URL_S3"] == second.cluster.backend.endpoint
+        assert os.environ["AWS_ENDPOINT_URL_S3"] == second.cluster.backend.s3.endpoint
         first.close()  # the older one closes first: the newer keeps its S3
-        assert os.environ["AWS_ENDPOINT_URL_S3"] == second.cluster.backend.endpoint
+        assert os.environ["AWS_ENDPOINT_URL_S3"] == second.cluster.backend.s3.endpoint
         assert _read_back("s3://t-layers-b/x") == 123.0
         f = second.submit(np.add, 1, 2)
         assert f.result() == 3
@@ -229,7 +229,7 @@ def test_two_clients_open_at_once_each_keep_their_s3_and_close_in_any_order():
                           set_as_default=False)
     second.close()  # the newer one closes first: the older one's S3 comes back
     try:
-        assert os.environ["AWS_ENDPOINT_URL_S3"] == first.cluster.backend.endpoint
+        assert os.environ["AWS_ENDPOINT_URL_S3"] == first.cluster.backend.s3.endpoint
         assert _read_back("s3://t-layers-a/x") == 123.0
     finally:
         first.close()

@@ -23,8 +23,9 @@ import boto3
 import pytest
 from dask_lambda_handler import env as handler_env
 
-from dask_lambda.deploy import Target, bucket, compat, deploy, function, iam, names, permissions
+from dask_lambda.deploy import Target, bucket, deploy, iam, permissions
 from dask_lambda.deploy import package as pkg
+from dask_lambda.deployment import compat, names, states
 from dask_lambda.errors import DeployError, PackageTooLargeError
 
 from .aws_fixtures import (
@@ -92,7 +93,7 @@ def built(aws):
 @pytest.fixture
 def in_process(aws, monkeypatch):
     """Run deploy's own functions here, as the deployer, through a `LambdaFake`."""
-    monkeypatch.setattr(function, "_POLL", 0.2)
+    monkeypatch.setattr(states, "_POLL", 0.2)
     with LambdaFake(aws["endpoint"]) as fake, environment(
             {**aws["deployer"], "AWS_ENDPOINT_URL_LAMBDA": fake.url}):
         yield fake
@@ -397,7 +398,7 @@ def test_a_key_left_in_the_functions_configuration_is_moved_and_replaced(aws, ma
     exposed = "ab" * 32
     lam.update_function_configuration(FunctionName="dl-made", Environment={
         "Variables": {"DASK_LAMBDA_SIGNING_KEY": exposed}})
-    function.wait_ready(lam, "dl-made")
+    states.wait_ready(lam, "dl-made")
     out = cli(aws, "status", "--bucket", "s3://dl-made/team", "--function", "dl-made")
     assert out.returncode == 1
     assert "NO    the signing key is in the function's configuration, which every user of the " \
@@ -423,7 +424,7 @@ def test_the_role_is_what_lets_the_function_read_its_key(aws, made):
                                                     "Statement": statements}))
     # any configuration change makes new execution environments (ministack: a worker change)
     lam.update_function_configuration(FunctionName="dl-made", Timeout=91)
-    function.wait_ready(lam, "dl-made")
+    states.wait_ready(lam, "dl-made")
     out = cli(aws, "status", "--bucket", "s3://dl-made/team", "--function", "dl-made")
     assert out.returncode == 1
     secret = lam.get_function_configuration(FunctionName="dl-made")["Environment"]["Variables"][

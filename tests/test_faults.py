@@ -27,7 +27,7 @@ from dask_lambda_handler import s3keys
 from distributed import wait
 
 from dask_lambda import LambdaClient
-from dask_lambda.backends.faults import FaultPlan
+from dask_lambda.backends.local.faults import FaultPlan
 from dask_lambda.errors import (
     FunctionError,
     HandlerCrashedError,

@@ -227,7 +227,7 @@ def test_a_job_of_an_earlier_run_is_refused_in_a_later_one(s3_endpoint, s3, tmp_
 
 
 def test_a_completion_record_copied_over_another_is_refused():
-    from dask_lambda.backends.aws_trigger import TriggerDispatcher
+    from dask_lambda.backends.aws.trigger import TriggerDispatcher
 
     layout = s3keys.Layout(BUCKET, "p", "cccccccccccc")
     key = protocol.run_key(DEPLOYMENT_KEY, layout.run)

@@ -25,18 +25,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from dask_lambda.backends.aws import _proxied
+from dask_lambda.backends.aws.backend import _proxied
 from dask_lambda.backends.base import FunctionSettings
+from dask_lambda.backends.http.lambda_api import LambdaInvoker
+from dask_lambda.backends.http.pool import ConnectionLost, HttpPool, NothingSent, ReadTimeout
+from dask_lambda.backends.http.sigv4 import Credentials, SigV4
 from dask_lambda.backends.invoke import FunctionInvoker
-from dask_lambda.backends.lambda_api import (
-    ConnectionLost,
-    Credentials,
-    HttpPool,
-    LambdaInvoker,
-    NothingSent,
-    ReadTimeout,
-    SigV4,
-)
 from dask_lambda.backends.simulated import LambdaModel, SimulatedBackend
 from dask_lambda.errors import (
     FunctionError,
@@ -347,7 +341,7 @@ def _with_open_files_limit(soft: int, hard: int, concurrency: int) -> subprocess
     import resource
 
     script = ("import resource\n"
-              "from dask_lambda.backends.lambda_api import raise_open_files_limit\n"
+              "from dask_lambda.backends.http.sockets import raise_open_files_limit\n"
               f"raise_open_files_limit({concurrency})\n"
               "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
     return subprocess.run(
@@ -532,7 +526,7 @@ def test_the_sdk_invokers_sockets_send_keepalives_and_name_dask_lambda():
     from aiobotocore.session import get_session
 
     import dask_lambda
-    from dask_lambda.backends.aws import sdk_invoke_config
+    from dask_lambda.backends.aws.backend import sdk_invoke_config
 
     config = sdk_invoke_config(30.0, 4)
     made: list = []

@@ -112,7 +112,7 @@ def test_close_stops_every_process_and_the_s3_server():
     before = {p.pid for p in me.children(recursive=True)}
     env_before = os.environ.get("AWS_ENDPOINT_URL_S3")
     client = LambdaClient("s3://own-server", concurrency=2, dashboard_address=None)
-    endpoint = client.cluster.backend.endpoint
+    endpoint = client.cluster.backend.s3.endpoint
     port = int(endpoint.rsplit(":", 1)[1])
     assert os.environ["AWS_ENDPOINT_URL_S3"] == endpoint  # s3:// works in the client meanwhile
     assert client.submit(np.arange(5).sum).result() == 10

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,101 @@ def test_every_package_of_the_source_tree_is_installed():
                                                path.parent.relative_to(ROOT / "handler").parts)
               for path in (ROOT / "handler").rglob("__init__.py")}
     assert found == listed
+
+
+# -- the import graph ---------------------------------------------------------------------------
+
+def _modules() -> dict[str, Path]:
+    """Every module of the library and of the handler (``dask_lambda_handler``), by name."""
+    found = {}
+    for root, package in ((ROOT / "dask_lambda", "dask_lambda"),
+                          (ROOT / "handler", "dask_lambda_handler")):
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
+    return found
+
+
+def _import_nodes(tree: ast.AST, *, module_level: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements of ``tree``: all of them, or those run when the module is imported
+    (not in functions, nor under ``if TYPE_CHECKING:``)."""
+    stack = list(ast.iter_child_nodes(tree))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        deferred = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) or (
+            isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+        if module_level and deferred:
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _imports(name: str, modules: dict[str, Path], *, module_level: bool = False) -> set[str]:
+    """The modules of ``modules`` that module ``name`` imports (relative imports resolved)."""
+    path = modules[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in _import_nodes(ast.parse(path.read_text()), module_level=module_level):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                       for alias in node.names]
+        for target in targets:
+            while target and target not in modules:  # ``import a.b.c`` of a name in a.b
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_backends_and_deploy_never_import_each_other():
+    """Both build on :mod:`dask_lambda.deployment` (what names and describes a deployed
+    function); neither reaches into the other, nor does deploy into the client."""
+    modules = _modules()
+    wrong = []
+    for name in modules:
+        imported = _imports(name, modules)
+        if _under(name, "dask_lambda.backends"):
+            wrong += [(name, m) for m in imported if _under(m, "dask_lambda.deploy")]
+        if _under(name, "dask_lambda.deploy"):
+            wrong += [(name, m) for m in imported
+                      if any(_under(m, p) for p in ("dask_lambda.backends", "dask_lambda.cluster",
+                                                     "dask_lambda.client"))]
+    assert not wrong, "\n".join(f"{a} imports {b}" for a, b in wrong)
+
+
+def test_no_import_cycle_between_modules():
+    """The modules' import graph (imports run at import time) has no cycle."""
+    modules = _modules()
+    graph = {name: _imports(name, modules, module_level=True) for name in modules}
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for other in sorted(graph[name]):
+            if state.get(other) == 1:
+                cycles.append(path[path.index(other):] + [other])
+            elif other not in state:
+                visit(other)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)

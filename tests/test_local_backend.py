@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from dask_lambda_handler import protocol, s3keys
 
 from dask_lambda import LambdaClient
-from dask_lambda.backends.faults import FaultPlan
+from dask_lambda.backends.local.faults import FaultPlan
 from dask_lambda.errors import ClientFileError, HandlerCrashedError, TaskExitError
 from dask_lambda.serialize import dumps
 
@@ -125,7 +125,7 @@ def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, 
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and len([
                 p for p in processes_below(directory)
-                if "local_runtime" in " ".join(p.cmdline())]) < 2:
+                if "backends.local.runtime" in " ".join(p.cmdline())]) < 2:
             time.sleep(0.2)  # both environments are running a 30 s task
         assert time.monotonic() < deadline
         if not own_s3:
@@ -142,7 +142,7 @@ def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, 
     # interrupted under it (they printed tracebacks of their own).
     assert proc.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in err
-    for child in ("s3server", "local_runtime", "dask_lambda_handler", "runner.py"):
+    for child in ("s3server", "local/runtime", "dask_lambda_handler", "runner.py"):
         assert child not in err, err
     assert_nothing_left(directory)
     if not own_s3:
@@ -198,7 +198,7 @@ async def _cancel_running(backend, event, after):
     invocation = asyncio.ensure_future(backend.invoke(event))
     await asyncio.sleep(after)
     [env] = [p.pid for p in processes_below(backend.directory)
-             if "local_runtime" in " ".join(p.cmdline()) and p.ppid() == os.getpid()]
+             if "backends.local.runtime" in " ".join(p.cmdline()) and p.ppid() == os.getpid()]
     invocation.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await invocation
@@ -391,7 +391,7 @@ def test_environments_see_none_of_the_clients_aws_settings_or_files(project):
 
         env = c.submit(aws_environment).result()
         assert not any(env.get(name) == planted for name, planted in planted.items())
-        assert env["AWS_ACCESS_KEY_ID"] == backend.credentials["aws_access_key_id"]
+        assert env["AWS_ACCESS_KEY_ID"] == backend.s3.credentials["aws_access_key_id"]
         assert env["AWS_CONFIG_FILE"] == env["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
         assert c.submit(s3_roundtrip, "s3://t-lambda-like/f/scratch").result() == \
             b"from a task"  # the environment's own credentials reach S3
@@ -443,18 +443,18 @@ def test_only_the_client_can_use_its_private_s3_server():
         backend = c.cluster.backend
         directory = backend.directory
         assert c.submit(np.arange, 10, pure=False).result().sum() == 45
-        url = backend.endpoint
+        url = backend.s3.endpoint
 
         def s3(key, secret, **config):
             return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                                 aws_access_key_id=key, aws_secret_access_key=secret,
                                 config=Config(**config))
 
-        own = s3(backend.credentials["aws_access_key_id"],
-                 backend.credentials["aws_secret_access_key"])
+        own = s3(backend.s3.credentials["aws_access_key_id"],
+                 backend.s3.credentials["aws_secret_access_key"])
         assert own.list_objects_v2(Bucket="t-private")["KeyCount"] > 0
         for other, code in [(s3("testing", "testing"), "InvalidAccessKeyId"),  # another user
-                            (s3(backend.credentials["aws_access_key_id"], "guess"),
+                            (s3(backend.s3.credentials["aws_access_key_id"], "guess"),
                              "SignatureDoesNotMatch"),
                             (s3("x", "x", signature_version=UNSIGNED), "AccessDenied")]:
             with pytest.raises(ClientError) as info:

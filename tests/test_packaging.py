@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from dask_lambda.deploy import Target, compat, deploy, names, slimming
+from dask_lambda.deploy import Target, deploy, slimming
 from dask_lambda.deploy import package as pkg
+from dask_lambda.deployment import compat, names
 from dask_lambda.errors import ImageNeededError
 
 from .aws_fixtures import LOCAL_GLIBC, cache_root, environment

@@ -22,7 +22,7 @@ import pytest
 from dask_lambda import LambdaClient, config, limits
 from dask_lambda.backends.base import FunctionSettings
 from dask_lambda.backends.simulated import SimulatedBackend
-from dask_lambda.deploy import names
+from dask_lambda.deployment import names
 from dask_lambda.errors import ConfigurationError
 from dask_lambda.settings import NOT_GIVEN, Settings, parse_bucket
 

@@ -13,7 +13,7 @@ import pytest
 from dask_lambda_handler import protocol
 
 from dask_lambda import LambdaClient
-from dask_lambda.backends.faults import FaultPlan
+from dask_lambda.backends.local.faults import FaultPlan
 from dask_lambda.errors import FunctionError
 
 from .conftest import list_keys, s3_server

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from dask_lambda_handler import protocol, s3io, transfer
 
-from dask_lambda.backends.s3server import TEST_CREDENTIALS
+from dask_lambda.backends.local.s3server import TEST_CREDENTIALS
 from dask_lambda.errors import PermissionDeniedError, S3PermissionError
 from dask_lambda.store import S3Store
 

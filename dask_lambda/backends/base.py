@@ -32,13 +32,31 @@ class FunctionSettings:
     signing_key: bytes
 
 
+class S3Endpoint(abc.ABC):
+    """The S3 a backend's jobs and results live in: how the client reaches it, and whether the
+    cluster may create a missing bucket there."""
+
+    #: Whether the cluster may create a missing bucket (S3 is a private local server).
+    creates_bucket: bool = False
+
+    @property
+    @abc.abstractmethod
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for an S3 client that reaches this S3."""
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables the client process needs while open (e.g. the endpoint)."""
+        return {}
+
+
 class Backend(abc.ABC):
     """Runs handler invocations somewhere.
 
     A backend starts what it needs (`start`), invokes the handler with a
     Lambda-shaped event and returns its response (`invoke`), and removes what
     it started (`close`).  Failures of the execution environment raise the
-    typed errors of :mod:`dask_lambda.errors`.
+    typed errors of :mod:`dask_lambda.errors`.  Its S3 is a component, `s3` (an
+    `S3Endpoint`), which a subclass sets in ``__init__``.
 
     A backend made without ``settings`` can be given to a client,
     ``LambdaClient(bucket, backend=SimulatedBackend())``: the cluster then passes it
@@ -50,14 +68,14 @@ class Backend(abc.ABC):
     name: str = ""
     #: Whether `invoke` accepts ``memory=`` (a larger memory for one invocation).
     supports_memory_override: bool = False
-    #: Whether the cluster may create a missing bucket (S3 is a private local server).
-    creates_bucket: bool = False
     #: New execution environments allowed per ``scaling_period`` seconds (the client ramps
     #: up no faster; see :mod:`dask_lambda.scaling`).
     scaling_rate: int = SCALING_RATE
     scaling_period: float = SCALING_PERIOD
     #: The function's settings (given to ``__init__``, or by the cluster through `configure`).
     settings: FunctionSettings
+    #: Where the jobs and results live.
+    s3: S3Endpoint
 
     def __init__(self, settings: FunctionSettings | None = None):
         if settings is not None:
@@ -65,6 +83,14 @@ class Backend(abc.ABC):
         #: Invocations made, cold starts seen.
         self.invocations = 0
         self.cold_starts = 0
+
+    def count_cold_start(self, response: dict) -> dict:
+        """Count a cold start where the handler's response says it ran in a new execution
+        environment (its ``stats``); returns ``response``. The local backend counts the
+        environments it starts instead."""
+        if (response.get("stats") or {}).get("cold"):
+            self.cold_starts += 1
+        return response
 
     def configure(self, settings: FunctionSettings) -> None:
         """Take the cluster's function settings (called once, before `start`).
@@ -106,13 +132,18 @@ class Backend(abc.ABC):
         return "x86_64"
 
     @property
-    @abc.abstractmethod
+    def creates_bucket(self) -> bool:
+        """Whether the cluster may create a missing bucket (`S3Endpoint.creates_bucket`)."""
+        return self.s3.creates_bucket
+
+    @property
     def s3_options(self) -> dict[str, Any]:
         """Keyword arguments for an S3 client that reaches the backend's S3."""
+        return self.s3.options
 
     def client_environment(self) -> dict[str, str]:
         """Environment variables the client process needs while open (e.g. a local S3 endpoint)."""
-        return {}
+        return self.s3.environment()
 
     async def start(self) -> None:  # noqa: B027  (optional hook: nothing by default)
         """Start whatever the backend needs."""

@@ -2,7 +2,7 @@
 
 Shared by the aws backend (a deployed function) and the simulated backend (a
 simulated Lambda endpoint in another process), so that what the simulator measures
-is the client's real invoke path. Invokes go through :mod:`.lambda_api` (``direct``)
+is the client's real invoke path. Invokes go through :mod:`.http.lambda_api` (``direct``)
 or through an aiobotocore Lambda client (``sdk``: used where a proxy applies).
 
 An invoke is never re-sent once it may have run: only connection failures where nothing
@@ -25,7 +25,8 @@ from dask_lambda_handler.s3errors import error_code as error_code_of
 
 from .. import failures
 from ..errors import HandlerCrashedError
-from .lambda_api import ConnectionLost, LambdaInvoker, NothingSent, ReadTimeout, error_fields
+from .http.lambda_api import LambdaInvoker, error_fields
+from .http.pool import ConnectionLost, NothingSent, ReadTimeout
 
 #: Attempts to connect when nothing could be sent (backing off 0.5, 1, 2, 4, 8 s).
 CONNECT_RETRIES = 5
@@ -83,12 +84,12 @@ class FunctionInvoker:
     def set_concurrency(self, concurrency: int) -> None:
         """Hold up to ``concurrency`` invokes at once (each holds a connection while the
         function runs). The sdk client keeps the connection pool it was made with."""
-        from .lambda_api import raise_open_files_limit
+        from .http.sockets import raise_open_files_limit
 
         connections = max(10, concurrency)
         raise_open_files_limit(connections)
         if self.direct is not None:
-            self.direct.pool.set_limit(connections)
+            self.direct.set_limit(connections)
 
     async def invoke(self, event: dict) -> dict:
         """Run ``event`` and return the handler's response (a dict).
@@ -159,7 +160,7 @@ class FunctionInvoker:
                 headers.get("x-amz-log-result", ""), headers.get("x-amzn-requestid", "?"))
 
     async def _send_sdk(self, payload: bytes) -> tuple[bytes, str, str, str]:
-        """As `_send_direct`, through aiobotocore: its failures become `.lambda_api`'s."""
+        """As `_send_direct`, through aiobotocore: its failures become `.http.pool`'s."""
         from botocore.exceptions import (
             ConnectionClosedError,
             ConnectTimeoutError,

@@ -20,10 +20,10 @@ What ``deploy`` makes, for a bucket ``B`` (optionally a prefix ``P``) and a func
 Running it again updates all of that in place, and changes only what deploy made (tags).
 Submodules: :mod:`.commands` (``deploy`` and ``destroy``, in steps), :mod:`.readiness`
 (``status``), :mod:`.target` (:class:`Target`, the AWS clients and their refusals),
-:mod:`.artifact` (the zip or image the function runs), :mod:`.names` (naming and limits),
-:mod:`.compat` (runtimes and versions), :mod:`.keys`, :mod:`.package`, :mod:`.bucket`,
-:mod:`.iam`, :mod:`.function`, :mod:`.permissions` (the IAM policies the deployer and the
-users need).
+:mod:`.artifact` (the zip or image the function runs), :mod:`.keys`, :mod:`.package`,
+:mod:`.bucket`, :mod:`.iam`, :mod:`.function`, :mod:`.permissions` (the IAM policies the
+deployer and the users need). What the aws backend needs too (naming and limits, runtimes
+and versions, the ping, function states) is :mod:`dask_lambda.deployment`'s.
 """
 
 from .commands import deploy, destroy

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 def build_zip(target: Target, spec: PackageSpec, out: Out) -> Path:
     """Build the zip package of ``spec``; where it cannot be a zip, raise the error that lists
     the steps to deploy an image instead."""
+    from ..deployment import names
     from ..errors import ImageNeededError, PackageTooLargeError
-    from . import names
     from . import package as pkg
 
     try:
@@ -36,7 +36,8 @@ def function_code(s3: Any, target: Target, package: Path | None, image: str | No
                   out: Out) -> tuple[dict, str | None]:
     """Lambda's ``Code`` for the image or the package (uploaded if it changed), and the
     package's SHA-256 (None for an image)."""
-    from . import function, names
+    from ..deployment import names
+    from . import function
 
     if image is not None:
         return {"ImageUri": image}, None
@@ -49,7 +50,7 @@ def function_code(s3: Any, target: Target, package: Path | None, image: str | No
 
 def upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
     """Put ``package`` at the deployment's code key, unless the object there has its hash."""
-    from . import names
+    from ..deployment import names
 
     key = names.code_key(target.prefix, target.function)
     try:
@@ -66,7 +67,7 @@ def upload(s3: Any, target: Target, package: Path, sha: str, out: Out) -> None:
 
 def too_large(target: Target, size: int, context: Path, arch: str) -> str:
     """The message for a package over Lambda's unzipped limit."""
-    from . import names
+    from ..deployment import names
 
     return (
         f"the package is {size / 2**20:.0f} MB unzipped, more than Lambda's "

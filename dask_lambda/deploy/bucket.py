@@ -14,8 +14,8 @@ from typing import Any
 
 from dask_lambda_handler import s3errors
 
+from ..deployment import names
 from ..errors import DeployError
-from . import names
 
 _code = s3errors.error_code  # of a botocore ClientError
 

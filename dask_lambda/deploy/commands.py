@@ -60,7 +60,8 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
         ``function_arn``, ``role_arn``, ``key_file``, ``function`` ("created", "updated" or
         "unchanged"), ``versions`` (the handler's ping answer).
     """
-    from . import artifact, compat, names
+    from ..deployment import compat, names
+    from . import artifact
     from . import package as pkg
 
     _check_sizes(target, memory, timeout, arch)
@@ -79,7 +80,7 @@ def deploy(target: Target, *, memory: int = 2048, timeout: int = 300, arch: str 
 
 def _check_sizes(target: Target, memory: int, timeout: int, arch: str) -> None:
     """Refuse a memory, timeout or architecture Lambda does not take, naming a valid one."""
-    from . import names
+    from ..deployment import names
 
     lo, hi = names.MEMORY_RANGE
     if not lo <= memory <= hi:
@@ -137,6 +138,7 @@ def _preflight(c: dict[str, Any], target: Target, *, image: str | None, out: Out
     """Check, before anything is changed, that what exists is deploy's and of the right kind;
     wake an Inactive function. Returns the account, the function's configuration (None for
     none) and the signing key's secret (None for none)."""
+    from ..deployment import states
     from . import function, iam, keys
 
     account = c["sts"].get_caller_identity()["Account"]
@@ -147,14 +149,15 @@ def _preflight(c: dict[str, Any], target: Target, *, image: str | None, out: Out
     iam.check_ours(c["iam"], target.function)
     secret = keys.find_secret(c["secretsmanager"], target.function)
     if current is not None and current.get("State") == "Inactive":
-        function.wake(c["lambda"], target.function, out=out)
+        states.wake(c["lambda"], target.function, out=out)
     return account, current, secret
 
 
 def _ensure_bucket(c: dict[str, Any], target: Target, account: str, expire_days: int,
                    out: Out) -> str | None:
     """Make or configure the bucket; returns the ARN of its KMS key for the role (or None)."""
-    from . import bucket, names
+    from ..deployment import names
+    from . import bucket
 
     created = bucket.ensure(c["s3"], target.bucket, target.region, target.prefix,
                             target.function)
@@ -238,7 +241,8 @@ def _ensure_role(c: dict[str, Any], target: Target, account: str, key: _Key,
                  kms_arn: str | None, attach: tuple[str, ...], detach: tuple[str, ...],
                  out: Out) -> str:
     """Make or update the function's role and its policy; returns the role's ARN."""
-    from . import iam, names
+    from ..deployment import names
+    from . import iam
 
     policy = iam.handler_policy(target.bucket, target.prefix, target.function, target.region,
                                 account, secret_arn=key.secret_arn, kms_key_arn=kms_arn)
@@ -251,7 +255,8 @@ def _ensure_role(c: dict[str, Any], target: Target, account: str, key: _Key,
 def _set_trigger(c: dict[str, Any], target: Target, account: str, function_arn: str | None,
                  out: Out) -> None:
     """Set up the S3 trigger of ``function_arn``, or remove it (None)."""
-    from . import bucket, function, names
+    from ..deployment import names
+    from . import bucket, function
 
     trigger = function_arn is not None
     function.set_s3_permission(c["lambda"], target.function, target.bucket, target.prefix,
@@ -268,8 +273,9 @@ def _check_handler(c: dict[str, Any], target: Target, key: _Key, out: Out) -> An
     """Ask the deployed handler its versions and whether it can use its key; returns them."""
     from dask_lambda_handler import env as handler_env
 
+    from ..deployment import compat, names, ping
     from ..errors import VersionMismatchError
-    from . import compat, function, names
+    from . import function
 
     answer = function.ping_answer(c["lambda"], target.function)
     versions = (answer or {}).get("versions") or {}
@@ -278,7 +284,7 @@ def _check_handler(c: dict[str, Any], target: Target, key: _Key, out: Out) -> An
         raise VersionMismatchError(
             f"the deployed handler does not match this environment ({'; '.join(diffs)}); "
             f"the package did not install as expected. Run `{target.command()}` again.")
-    problem = function.key_problem(answer, handler_env.key_id(key.key))
+    problem = ping.key_problem(answer, handler_env.key_id(key.key))
     if problem:
         raise DeployError(f"the deployed function cannot use its signing key: {problem}")
     out(f"signing key: {key.path} (and the secret {names.secret_name(target.function)})")
@@ -293,7 +299,8 @@ def destroy(target: Target, *, out: Out = print) -> list[str]:
 
 
 def _destroy(c: dict[str, Any], target: Target, out: Out) -> list[str]:
-    from . import bucket, function, iam, keys, names
+    from ..deployment import names
+    from . import bucket, function, iam, keys
 
     done: list[str] = []
     current = function.get(c["lambda"], target.function)

@@ -2,8 +2,8 @@
 
 Lambda refuses an update while another is in progress (``LastUpdateStatus`` InProgress,
 ResourceConflictException) and does not invoke a function that is not ``Active``: deploy
-waits for both, and wakes a function that went ``Inactive`` after weeks without
-invocations (Lambda function states).
+waits for both (:mod:`dask_lambda.deployment.states`, which also wakes a function that went
+``Inactive`` after weeks without invocations).
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from typing import Any
 
 from dask_lambda_handler import s3errors
 
+from ..deployment import names
+from ..deployment import ping as ping_request
+from ..deployment.states import wait_ready
 from ..errors import DeployError
-from . import names
 
 _ROLE_PROPAGATION = 90.0  # seconds a new IAM role may take before Lambda can assume it
-#: Seconds to wait for a function to become Active, or for an update to finish. Lambda
-#: takes seconds, or minutes for a large image (Lambda function states).
-READY_TIMEOUT = 600.0
-_POLL = 2.0
-#: Seconds an invoked Inactive function may take to leave Inactive.
-_WAKE_START = 30.0
 
 _code = s3errors.error_code  # of a botocore ClientError
 _DENIED = ("AccessDeniedException", "AccessDenied")
@@ -57,81 +53,6 @@ def get(lam: Any, function: str) -> dict | None:
             "Allow lambda:ListTags on it for these credentials (README, Run on AWS: "
             "Permissions; `dask-lambda permissions` prints the policy)") from None
     return conf
-
-
-def wait_ready(lam: Any, function: str, *, timeout: float = READY_TIMEOUT,
-               out: Callable[[str], None] | None = None) -> dict:
-    """Wait until the function is Active and no update is in progress; its configuration.
-
-    Raises
-    ------
-    DeployError
-        The function is Failed or Inactive, or it is still not ready after ``timeout``
-        seconds.
-    """
-    deadline = time.monotonic() + timeout
-    said = ""
-    while True:
-        conf = lam.get_function_configuration(FunctionName=function)
-        state, update = conf.get("State") or "Active", conf.get("LastUpdateStatus")
-        if state == "Active" and update != "InProgress":
-            return conf
-        if state == "Failed":
-            raise DeployError(
-                f"the Lambda function {function!r} is Failed ({conf.get('StateReasonCode')}: "
-                f"{conf.get('StateReason')}): Lambda cannot recover it; delete it (`aws lambda "
-                f"delete-function --function-name {function}`) and deploy again")
-        if state == "Inactive":
-            raise DeployError(
-                f"the Lambda function {function!r} is Inactive ({conf.get('StateReasonCode')}: "
-                f"{conf.get('StateReason')}): Lambda could not recreate its resources; fix what "
-                "the reason names, then run deploy again")
-        if state != "Pending" and update != "InProgress":
-            raise DeployError(
-                f"the Lambda function {function!r} is {state} ({conf.get('StateReason')}): "
-                "wait until it is Active, or delete it and deploy again")
-        waiting = f"the function {function} is {state}" + (
-            ", an update is in progress" if update == "InProgress" else "")
-        if out is not None and waiting != said:
-            out(f"waiting: {waiting}")
-            said = waiting
-        if time.monotonic() > deadline:
-            raise DeployError(f"{waiting} after {timeout:.0f} s: try again later")
-        time.sleep(_POLL)
-
-
-def wake(lam: Any, function: str, *, out: Callable[[str], None] | None = None) -> dict:
-    """Make an Inactive function Active again (and wait for one that is Pending or being
-    updated); returns its configuration.
-
-    A function idle for weeks becomes Inactive; an invoke then fails (for a function in a
-    VPC, with ResourceNotReadyException) and sets it Pending while Lambda recreates its
-    resources, then Active, or Inactive again if it cannot (Lambda function states). A
-    ping is that invoke.
-    """
-    conf = lam.get_function_configuration(FunctionName=function)
-    if conf.get("State") != "Inactive":
-        return wait_ready(lam, function, out=out)
-    if out is not None:
-        out(f"the function {function} is Inactive ({conf.get('StateReason') or 'idle'}): "
-            "waking it")
-    refused = ""
-    try:
-        lam.invoke(FunctionName=function, Payload=PING)["Payload"].read()
-    except Exception as exc:
-        if not _code(exc):
-            raise
-        refused = f" (the invoke was answered {_code(exc)})"
-    deadline = time.monotonic() + _WAKE_START
-    while conf.get("State") == "Inactive":
-        if time.monotonic() > deadline:
-            raise DeployError(
-                f"the Lambda function {function!r} stays Inactive after an invoke{refused}: "
-                f"{conf.get('StateReasonCode')}: {conf.get('StateReason')}. Fix what the "
-                "reason names, then run deploy again")
-        time.sleep(_POLL)
-        conf = lam.get_function_configuration(FunctionName=function)
-    return wait_ready(lam, function, out=out)
 
 
 def sha256_b64(path: Path) -> str:
@@ -319,44 +240,16 @@ def ensure_log_group(logs: Any, function: str) -> None:
     logs.put_retention_policy(logGroupName=group, retentionInDays=names.LOG_RETENTION_DAYS)
 
 
-#: The ping event: the handler answers its versions, and its signing key's fingerprint.
-PING = b'{"op": "ping", "key": true}'
-
-
 def ping_answer(lam: Any, function: str) -> dict | None:
     """The deployed handler's ping answer (``versions``, ``key``), or None if it does not
     answer like a dask-lambda handler."""
-    resp = lam.invoke(FunctionName=function, Payload=PING)
-    body = resp["Payload"].read()
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return None
-    if resp.get("FunctionError") or not isinstance(answer, dict):
-        return None
-    return answer
+    resp = lam.invoke(FunctionName=function, Payload=ping_request.PING)
+    return ping_request.answer(resp["Payload"].read(), resp.get("FunctionError"))
 
 
 def ping(lam: Any, function: str) -> dict | None:
     """The deployed handler's versions, or None if it does not answer like a dask-lambda handler."""
     return (ping_answer(lam, function) or {}).get("versions")
-
-
-def key_problem(answer: dict | None, key_id: str | None) -> str | None:
-    """Why the function cannot use its signing key (from its ping ``answer``), or None.
-
-    ``key_id``: the fingerprint the function's configuration names. A handler too old to
-    say is not judged here (its versions differ).
-    """
-    said = (answer or {}).get("key")
-    if not isinstance(said, dict):
-        return None
-    if said.get("error"):
-        return str(said["error"])
-    if key_id and said.get("id") != key_id:
-        return ("the function read another signing key than its configuration names: run "
-                "`dask-lambda deploy` again")
-    return None
 
 
 def delete(lam: Any, logs: Any, function: str) -> list[str]:

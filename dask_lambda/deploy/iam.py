@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..deployment import names
 from ..errors import DeployError
-from . import names
 
 TRUST_POLICY = {
     "Version": "2012-10-17",

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import compat, names
+from ..deployment import compat, names
 from .wheels import RUNTIME_CLIENT, pins
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from typing import Any
 
 from dask_lambda_handler import env, s3errors
 
+from ..deployment import names
 from ..errors import ConfigurationError, DeployError
-from . import names
 
 _code = s3errors.error_code
 

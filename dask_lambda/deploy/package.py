@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..deployment import compat, names
 from ..errors import DeployError, ImageNeededError
-from . import compat, names
 from .image_context import dockerfile, write_image_context
 from .slimming import AWS_SERVICES, TASK_ROOT, compile_modules, slim, tree_size
 from .wheels import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from . import names
+from ..deployment import names
 
 #: The IAM action of each API operation deploy, status and destroy call, where it is not
 #: ``service:Operation`` (S3's names differ most; Service Authorization Reference).

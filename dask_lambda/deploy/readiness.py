@@ -32,7 +32,7 @@ class _Report:
 
 
 def _status(c: dict[str, Any], target: Target, out: Out) -> bool:
-    from . import names
+    from ..deployment import names
 
     report = _Report(out)
     where, kms = _bucket_status(c, target, report)
@@ -75,7 +75,8 @@ def _bucket_status(c: dict[str, Any], target: Target, report: _Report
 
 def _role_status(c: dict[str, Any], target: Target, kms: str | None, report: _Report) -> None:
     """Report the role, its policy and its grant of the bucket's KMS key."""
-    from . import iam, names
+    from ..deployment import names
+    from . import iam
 
     role = iam.describe(c["iam"], target.function)
     report.line(role is not None and role["ours"] and role["policy"] is not None,
@@ -91,13 +92,14 @@ def _function_status(c: dict[str, Any], target: Target, where: str | None, repor
                      ) -> dict | None:
     """Report the function (woken if Inactive), its handler, key and trigger; returns its
     configuration (None if it is missing)."""
-    from . import bucket, compat, function
+    from ..deployment import compat, states
+    from . import bucket, function
 
     conf = function.get(c["lambda"], target.function)
     if conf is not None and conf.get("State") == "Inactive":
         report.out(f"--  function {target.function} was Inactive (no invocations for a long "
                    "time)")
-        conf = dict(conf, **function.wake(c["lambda"], target.function, out=report.out))
+        conf = dict(conf, **states.wake(c["lambda"], target.function, out=report.out))
     report.line(conf is not None, f"function {target.function}" + (
         f" ({conf.get('Runtime') or 'image'}, {conf['MemorySize']} MB, {conf['Timeout']} s, "
         f"{conf.get('State', 'Active')})" if conf else ""))
@@ -122,7 +124,8 @@ def _key_status(conf: dict, answer: Any, target: Target, report: _Report) -> Non
     from dask_lambda_handler import env as handler_env
     from dask_lambda_handler import protocol
 
-    from . import function, keys, names
+    from ..deployment import names, ping
+    from . import keys
 
     variables = (conf.get("Environment") or {}).get("Variables", {})
     if variables.get(protocol.SIGNING_KEY_ENV):
@@ -135,6 +138,6 @@ def _key_status(conf: dict, answer: Any, target: Target, report: _Report) -> Non
                 == handler_env.key_id(local_key),
                 f"  signing key {names.key_file(target.function)} matches the function's"
                 + ("" if local_key is not None else " (no such file)"))
-    problem = function.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
+    problem = ping.key_problem(answer, variables.get(handler_env.KEY_ID_ENV))
     report.line(problem is None, "  the function can read its signing key" if problem is None
                 else f"  the function cannot use its signing key: {problem}")

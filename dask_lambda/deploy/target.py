@@ -36,9 +36,9 @@ class Target:
     @classmethod
     def parse(cls, bucket: str, function: str | None = None, region: str | None = None
               ) -> Target:
-        from ..backends.aws import default_region
-        from ..cluster import parse_bucket
-        from . import names
+        from ..deployment import names
+        from ..deployment.region import default_region
+        from ..settings import parse_bucket
 
         name, prefix = parse_bucket(bucket)
         region = region or default_region()
@@ -48,7 +48,7 @@ class Target:
         return cls(name, prefix, function or names.DEFAULT_FUNCTION, region)
 
     def command(self, verb: str = "deploy", *extra: str) -> str:
-        from . import names
+        from ..deployment import names
 
         words = names.deploy_command(self.bucket, self.prefix, self.function, self.region, *extra)
         return words.replace("dask-lambda deploy", f"dask-lambda {verb}", 1)

@@ -21,8 +21,8 @@ from importlib.metadata import distributions
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..deployment import compat
 from ..errors import DeployError
-from . import compat
 
 if TYPE_CHECKING:
     from .package import PackageSpec

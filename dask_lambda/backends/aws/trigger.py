@@ -42,8 +42,8 @@ from typing import Any
 
 from dask_lambda_handler import protocol, s3errors, s3keys, trigger
 
-from ..deploy import names
-from ..errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
+from ...deployment import names
+from ...errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
 
 _MIN_INTERVAL = 0.05
 _MAX_INTERVAL = 1.0

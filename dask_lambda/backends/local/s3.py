@@ -2,8 +2,8 @@
 
 Shared by the local backend (which runs the real handler) and the simulated
 backend (which models Lambda without running tasks).  The server is started by
-`LocalS3Backend.start_s3` unless an endpoint is given, spoken to over HTTP like
-the real S3, and stopped by `LocalS3Backend.close_s3`.
+`LocalS3.start` unless an endpoint is given, spoken to over HTTP like
+the real S3, and stopped by `LocalS3.close`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import secrets
 import sys
 from typing import Any
 
-from ..errors import ConfigurationError
-from .base import Backend, FunctionSettings
+from ...errors import ConfigurationError
+from ..base import S3Endpoint
 from .s3server import TEST_CREDENTIALS
 
 #: What clients and handlers use with an S3 endpoint given as ``local_s3_endpoint`` (a
@@ -69,41 +69,38 @@ async def start_server_process(python: str, module: str, *args: str,
     return proc, int(line.split()[1]) if line.startswith(b"PORT ") else None
 
 
-class LocalS3Backend(Backend):
-    """A backend whose S3 is a moto server on 127.0.0.1 (started here) or a given endpoint.
+class LocalS3(S3Endpoint):
+    """The S3 of the local and simulated backends: a moto server on 127.0.0.1 (started by
+    `start`) or a given endpoint.
 
     Parameters
     ----------
-    settings
-        The function's settings; ``None``: the cluster gives them (`Backend.configure`).
-    s3_endpoint
+    endpoint
         Use this S3 endpoint instead of starting a private moto server.
     python
-        Interpreter for the processes this backend starts (default: this one).
+        Interpreter for the server process (default: this one).
     region
         Region name given to S3 clients.
     """
 
     creates_bucket = True
 
-    def __init__(self, settings: FunctionSettings | None = None, *,
-                 s3_endpoint: str | None = None, python: str | None = None,
+    def __init__(self, endpoint: str | None = None, *, python: str | None = None,
                  region: str = "us-east-1"):
-        super().__init__(settings)
-        self.endpoint = s3_endpoint
+        self.endpoint = endpoint
         self.python = python or sys.executable
         self.region = region
         #: The key pair this backend's clients and handlers sign S3 requests with.
-        self.credentials = dict(CREDENTIALS) if s3_endpoint is not None else new_credentials()
+        self.credentials = dict(CREDENTIALS) if endpoint is not None else new_credentials()
         self._own_s3: asyncio.subprocess.Process | None = None
 
     @property
-    def s3_options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:
         return {"endpoint_url": self.endpoint, "region": self.region,
                 "credentials": dict(self.credentials), "transfer_concurrency": 1}
 
-    def client_environment(self) -> dict[str, str]:
-        assert self.endpoint is not None
+    def environment(self) -> dict[str, str]:
+        assert self.endpoint is not None, "the environment of a local S3 before its start"
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.credentials["aws_access_key_id"],
@@ -112,13 +109,13 @@ class LocalS3Backend(Backend):
             "AWS_REGION": self.region,
         }
 
-    async def start_s3(self, directory: str | None = None) -> None:
+    async def start(self, directory: str | None = None) -> None:
         """Start moto's S3 server (working directory ``directory``) unless an endpoint was given."""
         if self.endpoint is not None:
             return
         try:
             self._own_s3, port = await start_server_process(
-                self.python, "dask_lambda.backends.s3server", "--credentials-on-stdin",
+                self.python, "dask_lambda.backends.local.s3server", "--credentials-on-stdin",
                 config=json.dumps(self.credentials).encode() + b"\n", cwd=directory)
         except OSError as exc:  # the interpreter is missing or cannot be run
             raise ConfigurationError(
@@ -132,8 +129,8 @@ class LocalS3Backend(Backend):
                 "local_s3_endpoint=\"http://...\" to use one you run)")
         self.endpoint = f"http://127.0.0.1:{port}"
 
-    async def close_s3(self) -> None:
-        """Stop the S3 server `start_s3` started, if any."""
+    async def close(self) -> None:
+        """Stop the S3 server `start` started, if any."""
         if self._own_s3 is not None:
             proc, self._own_s3 = self._own_s3, None
             await stop_process(proc, grace=5.0)

@@ -1,4 +1,4 @@
-"""A moto S3 server in a process of its own (``python -m dask_lambda.backends.s3server``).
+"""A moto S3 server in a process of its own (``python -m dask_lambda.backends.local.s3server``).
 
 Binds 127.0.0.1 on a free port, prints ``PORT <n>`` on stdout once it
 serves, and exits when its stdin closes, so it never outlives the process
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from werkzeug.serving import make_server
 
-    parser = argparse.ArgumentParser(prog="python -m dask_lambda.backends.s3server")
+    parser = argparse.ArgumentParser(prog="python -m dask_lambda.backends.local.s3server")
     parser.add_argument("--faults", default=None, help="JSON fault plan (for tests)")
     parser.add_argument("--credentials-on-stdin", action="store_true",
                         help="read the accepted key pair from the first line of stdin (JSON)")

@@ -2,9 +2,9 @@
 
 * S3 is moto's S3 server in a process of its own on 127.0.0.1 (or an
   endpoint you give), spoken to over HTTP like the real one, with a key pair of
-  its own per client (`dask_lambda.backends.s3server`).
+  its own per client (`dask_lambda.backends.local.s3server`).
 * Each execution environment is a fresh interpreter running
-  :mod:`dask_lambda.backends.local_runtime`, which imports the real handler
+  :mod:`dask_lambda.backends.local.runtime`, which imports the real handler
   and serves invocations one at a time.  Environments are reused warm, at most
   ``concurrency`` exist, each runs in a private working and temp directory, an
   invocation past the timeout kills its environment, and one whose memory
@@ -16,7 +16,7 @@
 * Environments see no AWS settings of the client's (no credentials, profiles,
   role or container-credential variables, no ``~/.aws`` files): only the local
   S3's endpoint and key, as a function sees only its role's.  They refuse opens
-  of the client's files (`dask_lambda.backends.local_files`), which a Lambda
+  of the client's files (`dask_lambda.backends.local.files`), which a Lambda
   function cannot see either.
 """
 
@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import struct
+import sys
 import tempfile
 import time
 import uuid
@@ -37,8 +38,8 @@ from typing import Any
 from dask_lambda_handler import transfer
 from dask_lambda_handler.client_paths import CLIENT_DIRS_ENV
 
-from .. import limits
-from ..errors import (
+from ... import limits
+from ...errors import (
     ConfigurationError,
     FunctionError,
     HandlerCrashedError,
@@ -46,13 +47,13 @@ from ..errors import (
     LambdaThrottledError,
     LambdaTimeoutError,
 )
-from .base import FunctionSettings
+from ..base import Backend, FunctionSettings
 from .faults import FaultPlan
-from .local_s3 import START_TIMEOUT, LocalS3Backend
+from .s3 import START_TIMEOUT, LocalS3
 
 _LEN = struct.Struct(">I")
 HANDLER = "dask_lambda_handler.entry.handler"
-RUNTIME = "dask_lambda.backends.local_runtime"
+RUNTIME = "dask_lambda.backends.local.runtime"
 _MEMORY_POLL = 0.05
 _VCPU_MB = 1769  # Lambda gives one vCPU per 1,769 MB (AWS-FACTS.md)
 _EXIT_GRACE = 0.2  # what an exiting runtime wrote may still be in the pipe this long
@@ -181,7 +182,7 @@ class _Environment:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class LocalBackend(LocalS3Backend):
+class LocalBackend(Backend):
     """Run the handler in local processes that behave like Lambda execution environments.
 
     Parameters
@@ -204,7 +205,10 @@ class LocalBackend(LocalS3Backend):
     def __init__(self, settings: FunctionSettings, *, s3_endpoint: str | None = None,
                  python: str | None = None, region: str = "us-east-1",
                  faults: FaultPlan | None = None):
-        super().__init__(settings, s3_endpoint=s3_endpoint, python=python, region=region)
+        super().__init__(settings)
+        self.python = python or sys.executable
+        self.region = region  # (S3's; the cluster's card shows it)
+        self.s3: LocalS3 = LocalS3(s3_endpoint, python=self.python, region=region)
         self.faults = faults
         self._throttled: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
@@ -225,7 +229,7 @@ class LocalBackend(LocalS3Backend):
 
     async def start(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="dask-lambda-local-")
-        await self.start_s3(self._dir)
+        await self.s3.start(self._dir)
         self._monitor = asyncio.create_task(self._watch_memory())
 
     async def stop(self) -> None:
@@ -240,7 +244,7 @@ class LocalBackend(LocalS3Backend):
 
     async def close(self) -> None:
         await self.stop()
-        await self.close_s3()
+        await self.s3.close()
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 

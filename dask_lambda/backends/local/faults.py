@@ -4,7 +4,7 @@ Like cubed's ``deterministic_failure``: which invocation fails is decided by a h
 of the seed and the job, so a run is reproducible. Faults hit the *first* attempt of a
 selected job only (they are transient, as in Lambda), unless ``every_attempt`` is set.
 S3 faults (503, 500, lost objects) are injected by the S3 server instead
-(``python -m dask_lambda.backends.s3server --faults ...``).
+(``python -m dask_lambda.backends.local.s3server --faults ...``).
 """
 
 from __future__ import annotations

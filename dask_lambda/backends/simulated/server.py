@@ -1,6 +1,6 @@
 """A simulated Lambda endpoint in a process of its own.
 
-``python -m dask_lambda.backends.simulated_server`` reads one line from stdin (base64 of a
+``python -m dask_lambda.backends.simulated.server`` reads one line from stdin (base64 of a
 cloudpickled `ServerConfig`), binds 127.0.0.1 on a free port, prints ``PORT <n>`` once it
 serves, and exits when its stdin closes, so it never outlives the process that started
 it.  It answers the Lambda API's synchronous Invoke
@@ -13,7 +13,8 @@ run: an invocation sleeps for its modelled duration and answers with a signed re
 
 With ``ServerConfig.tls`` it serves HTTPS, as Lambda does, so that clients pay for TLS too.
 
-It is a plain asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies), because
+It is a plain asyncio HTTP/1.1 server (keep-alive, ``Content-Length`` bodies; heads parsed and
+written by :mod:`..http.wire`, as the client's pool does), because
 at 10,000 invocations a second a framework's per-request cost would compete with the
 client it is measuring for this machine's cores.
 """
@@ -33,7 +34,8 @@ from typing import Any
 
 from dask_lambda_handler import protocol, s3keys
 
-from .simulated import ServerConfig, SimulatedCounters, sampler
+from ..http import wire
+from .model import ServerConfig, SimulatedCounters, sampler
 
 _INVOKE_PREFIX = "/2015-03-31/functions/"
 _INVOKE_SUFFIX = "/invocations"
@@ -182,13 +184,8 @@ class _HttpProtocol(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n")
         if self.busy or end < 0:
             return
-        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
+        (method, path, _), headers = wire.parse_head(bytes(buffer[:end]))
+        length = int(headers.get("content-length") or 0)
         if len(buffer) < end + 4 + length:
             return
         body = bytes(buffer[end + 4:end + 4 + length])
@@ -206,11 +203,9 @@ class _HttpProtocol(asyncio.Protocol):
             body = json.dumps({"message": f"simulator failed: {exc!r}"}).encode()
         if self.transport is None:
             return
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.transport.write(
-            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n{head}"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-            .encode("latin-1") + body)
+        self.transport.write(wire.message(
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+            {**headers, "content-type": "application/json"}, body))
         self._next()
 
 

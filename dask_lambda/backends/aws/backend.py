@@ -6,7 +6,7 @@ local emulator.  Two ways to dispatch a job:
 
 ``mode="invoke"`` (default)
     one synchronous (``RequestResponse``) invoke per job, on pooled keep-alive
-    connections: by :mod:`.lambda_api` (about a tenth of aiobotocore's client CPU per
+    connections: by :mod:`..http.lambda_api` (about a tenth of aiobotocore's client CPU per
     invoke), or by aiobotocore where a proxy applies to the endpoint or
     ``lambda.aws.invoker`` is ``"sdk"``.  The read timeout is the function timeout
     plus a margin and nothing re-sends an invoke: a long task never runs twice
@@ -18,7 +18,7 @@ local emulator.  Two ways to dispatch a job:
     twice) are never used.
 ``mode="trigger"``
     the job is written as an S3 object and the bucket's ObjectCreated
-    notification invokes the function (:mod:`.aws_trigger`).
+    notification invokes the function (:mod:`.trigger`).
 
 `start` checks that the function exists and is Active (waking it if Lambda made it
 Inactive after weeks without invocations), that this client's signing key is the
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -41,17 +40,20 @@ from urllib.parse import urlsplit
 
 from dask_lambda_handler import protocol, s3errors, s3keys
 
-from .. import failures
-from ..deploy import compat, names
-from ..errors import (
+from ... import failures
+from ...deployment import compat, names, ping
+from ...deployment.region import default_region
+from ...errors import (
     ConfigurationError,
     PermissionDeniedError,
     VersionMismatchError,
 )
-from . import aws_trigger
-from .base import Backend, FunctionSettings
-from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker, keepalive, raise_open_files_limit, user_agent
+from ..base import Backend, FunctionSettings, S3Endpoint
+from ..http.lambda_api import LambdaInvoker, user_agent
+from ..http.sigv4 import Credentials
+from ..http.sockets import keepalive, raise_open_files_limit
+from ..invoke import FunctionInvoker
+from . import trigger
 
 #: Seconds the invoke client waits beyond the function timeout for an answer.
 READ_MARGIN = 60
@@ -62,12 +64,19 @@ _code = s3errors.error_code  # of a botocore ClientError
 logger = logging.getLogger(__name__)
 
 
-def default_region() -> str | None:
-    """The region boto would use (``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile)."""
-    import botocore.session
+class AwsS3(S3Endpoint):
+    """Amazon S3 in ``region``, reached with boto's credentials (profile, environment)."""
 
-    return (botocore.session.get_session().get_config_variable("region")
-            or os.environ.get("AWS_REGION") or None)
+    def __init__(self, region: str | None):
+        self.region = region
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"endpoint_url": None, "region": self.region, "credentials": None}
+
+    def environment(self) -> dict[str, str]:
+        # Keep the user's profile and session token visible while the client is open.
+        return {k: os.environ[k] for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN") if k in os.environ}
 
 
 class AwsBackend(Backend):
@@ -90,7 +99,7 @@ class AwsBackend(Backend):
     notification_grace
         Trigger mode: seconds an S3 notification may take to start the function.
     invoker
-        How invokes are sent: ``"direct"`` (:mod:`.lambda_api`), ``"sdk"`` (aiobotocore),
+        How invokes are sent: ``"direct"`` (:mod:`..http.lambda_api`), ``"sdk"`` (aiobotocore),
         or ``"auto"``: direct unless a proxy applies to the Lambda endpoint.
     """
 
@@ -105,6 +114,7 @@ class AwsBackend(Backend):
         self.function = function
         self.mode = mode
         self.region = region or default_region()  # Settings checked that boto has one
+        self.s3 = AwsS3(self.region)
         self.invoker = invoker
         self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
         self.grace = float(notification_grace)
@@ -117,20 +127,12 @@ class AwsBackend(Backend):
         self._invoker: FunctionInvoker | None = None
         self._trigger: Any = None
 
-    @property
-    def s3_options(self) -> dict[str, Any]:
-        return {"endpoint_url": None, "region": self.region, "credentials": None}
-
     # billed_memory_mb: the base class's settings.memory, which `start` sets to the deployed
     # function's MemorySize.
 
     @property
     def billed_architecture(self) -> str:
         return self.function_architecture
-
-    def client_environment(self) -> dict[str, str]:
-        # Keep the user's profile and session token visible while the client is open.
-        return {k: os.environ[k] for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN") if k in os.environ}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class AwsBackend(Backend):
             memory=self.function_memory, timeout=self.function_timeout,
             read_timeout=read_timeout, fix=self._fix,
             redeploy=f"deploy it again with `{self.deploy}`", on_sent=self._count_invocation)
-        limits = await aws_trigger.read_limits(control, self.function,
+        limits = await trigger.read_limits(control, self.function,
                                                account=self.mode == "trigger")
         if limits.reserved == 0:
             raise ConfigurationError(failures.switched_off(self.function))
@@ -173,20 +175,20 @@ class AwsBackend(Backend):
                     retries={"mode": "standard", "max_attempts": 5},
                     max_pool_connections=max(10, min(256, self.settings.concurrency)))))
             await self._check_trigger(s3)
-            self._trigger = aws_trigger.TriggerDispatcher(
+            self._trigger = trigger.TriggerDispatcher(
                 s3, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
                 deploy=self.deploy, limit=self._trigger_limit(limits))
 
-    def _trigger_limit(self, limits: aws_trigger.Limits) -> int | None:
+    def _trigger_limit(self, limits: trigger.Limits) -> int | None:
         """Trigger mode: most jobs out at once. Lambda queues asynchronous invocations it
         cannot run yet (for hours) instead of refusing them, so the client holds back the
         jobs the function may not run now rather than have them time out in the queue."""
         cap = limits.cap()
         if cap is None or cap[0] >= self.settings.concurrency:
             return None
-        aws_trigger.logger.warning(
+        trigger.logger.warning(
             "mode=\"trigger\": at most %d jobs at once, %s (concurrency=%d asked for more)",
             cap[0], cap[1], self.settings.concurrency)
         return cap[0]
@@ -254,8 +256,8 @@ class AwsBackend(Backend):
         configuration. Runs in a thread: this happens once, at start."""
         import botocore.session
 
-        from ..deploy import function
-        from ..errors import DeployError
+        from ...deployment import states
+        from ...errors import DeployError
 
         state = conf.get("State")
         if state not in ("Inactive", "Pending"):
@@ -265,7 +267,7 @@ class AwsBackend(Backend):
                 f"`{self.deploy}`")
         lam = botocore.session.get_session().create_client("lambda", region_name=self.region)
         try:
-            return function.wake(lam, self.function, out=logger.warning)
+            return states.wake(lam, self.function, out=logger.warning)
         except DeployError as exc:
             raise ConfigurationError(str(exc)) from None
 
@@ -285,7 +287,7 @@ class AwsBackend(Backend):
                 f"`{self.deploy}` here (it writes the function's key to that file)")
 
     def _use_direct(self, control: Any) -> bool:
-        """Whether invokes go through `.lambda_api` (see ``invoker``)."""
+        """Whether invokes go through `.http.lambda_api` (see ``invoker``)."""
         if self.invoker != "auto":
             return self.invoker == "direct"
         return not _proxied(control.meta.endpoint_url, control.meta.config.proxies)
@@ -319,14 +321,9 @@ class AwsBackend(Backend):
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
         assert self._invoker is not None
-        from ..deploy import function
-
-        body, function_error, _, _ = await self._invoker.send(function.PING, count=False)
-        try:
-            answer = json.loads(body or b"null")
-        except ValueError:
-            answer = None
-        if function_error or not isinstance(answer, dict) or "versions" not in answer:
+        body, function_error, _, _ = await self._invoker.send(ping.PING, count=False)
+        answer = ping.answer(body, function_error)
+        if answer is None or "versions" not in answer:
             raise VersionMismatchError(
                 f"the Lambda function {self.function!r} did not answer dask-lambda's ping "
                 f"({body[:300]!r}): it is not a dask-lambda handler, or a broken one. Redeploy "
@@ -340,7 +337,7 @@ class AwsBackend(Backend):
                 f"from this environment: `{self.deploy}`")
         from dask_lambda_handler import env
 
-        problem = function.key_problem(answer, env.key_id(self.settings.signing_key))
+        problem = ping.key_problem(answer, env.key_id(self.settings.signing_key))
         if problem:
             raise ConfigurationError(
                 f"the Lambda function {self.function!r} cannot use its signing key, so every "
@@ -380,15 +377,13 @@ class AwsBackend(Backend):
         else:
             assert self._invoker is not None, "invoke before start"
             response = await self._invoker.invoke(event)
-        if (response.get("stats") or {}).get("cold"):
-            self.cold_starts += 1
-        return response
+        return self.count_cold_start(response)
 
 
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:
     """The aiobotocore config of the ``sdk`` invoke client: ``connections`` pooled, nothing
     re-sends an invoke, it waits ``read_timeout`` seconds for an answer, and its sockets send
-    TCP keepalives (`.lambda_api.keepalive`).
+    TCP keepalives (`.http.sockets.keepalive`).
 
     botocore's own ``tcp_keepalive`` turns keepalive on with the system's idle time (two
     hours), and aiobotocore does not apply it; aiobotocore >= 3.1 takes a socket factory

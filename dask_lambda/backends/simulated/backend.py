@@ -3,9 +3,9 @@
 It stands in for Lambda so that what the *client* spends per task (scheduler,
 gateway, job encoding, invokes) can be measured at a scale this machine could
 never run for real.  Lambda is a process of its own
-(:mod:`dask_lambda.backends.simulated_server`) that serves the Lambda Invoke API
+(:mod:`dask_lambda.backends.simulated.server`) that serves the Lambda Invoke API
 on 127.0.0.1, and the client reaches it through the same invoke path as the aws
-backend (:mod:`.invoke`, :mod:`.lambda_api`: SigV4 signing, pooled HTTP
+backend (:mod:`..invoke`, :mod:`..http`: SigV4 signing, pooled HTTP
 connections, Lambda's status codes), so the client's cost per invocation is the
 real one.  Thousands of concurrent "functions" are timers in that process.  Per
 invocation it models
@@ -46,163 +46,26 @@ import asyncio
 import base64
 import json
 import logging
-import random
 import shutil
 import ssl
+import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
-from ..errors import ConfigurationError, HandlerCrashedError
-from ..scaling import SCALING_PERIOD, SCALING_RATE
-from .base import FunctionSettings
-from .invoke import FunctionInvoker
-from .lambda_api import Credentials, LambdaInvoker
-from .local_s3 import CREDENTIALS, LocalS3Backend, start_server_process, stop_process
+from ...errors import ConfigurationError, HandlerCrashedError
+from ..base import Backend, FunctionSettings
+from ..http.lambda_api import LambdaInvoker
+from ..http.sigv4 import Credentials
+from ..invoke import FunctionInvoker
+from ..local.s3 import CREDENTIALS, LocalS3, start_server_process, stop_process
+from .model import LambdaModel, ServerConfig, SimulatedCounters
 
 logger = logging.getLogger(__name__)
 
-#: A delay in seconds: a constant, a ``(low, high)`` uniform range, or a function of a
-#: `random.Random` returning one (e.g. ``lambda rng: rng.lognormvariate(-3.2, 0.3)``).
-Delay = float | tuple[float, float] | Callable[[random.Random], float]
 
-
-def constant(seconds: float) -> Callable[[dict], float]:
-    """A task duration that is the same for every event, e.g. ``constant(1.0)``."""
-
-    def duration(event: dict) -> float:
-        return seconds
-
-    return duration
-
-
-def _no_work(event: dict) -> float:
-    return 0.0
-
-
-@dataclass(frozen=True)
-class LambdaModel:
-    """How the simulated Lambda behaves (times in seconds).
-
-    Attributes
-    ----------
-    invoke_latency
-        Round trip of one invoke request, outside the function (AWS-FACTS.md: ~50 ms).
-    cold_start
-        Time a new execution environment takes before it runs its first task.
-    duration
-        The task's run time, a function of the invoke event (default: none).
-    account_concurrency
-        Invocations that may run at once before Lambda answers 429; ``None``: the
-        client's ``concurrency``.
-    scaling_rate, scaling_period
-        At most ``scaling_rate`` new environments in any ``scaling_period`` seconds
-        (Lambda: 1,000 per 10 s per function).
-    result
-        The value each task returns, as a function of the event; ``None``: every task
-        returns ``None`` (one payload, signed once).
-    seed
-        Seed of the random delays.
-    """
-
-    invoke_latency: Delay = (0.030, 0.050)
-    cold_start: Delay = (0.250, 0.400)
-    duration: Callable[[dict], float] = _no_work
-    account_concurrency: int | None = None
-    scaling_rate: int = SCALING_RATE
-    scaling_period: float = SCALING_PERIOD
-    result: Callable[[dict], Any] | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.scaling_rate < 1 or self.scaling_period <= 0:
-            raise ConfigurationError(
-                f"scaling_rate={self.scaling_rate} and scaling_period={self.scaling_period} "
-                "must be positive: e.g. LambdaModel(scaling_rate=1000, scaling_period=10.0)")
-        if self.account_concurrency is not None and self.account_concurrency < 1:
-            raise ConfigurationError(
-                f"account_concurrency={self.account_concurrency} must be at least 1 (or None "
-                "for the client's concurrency): e.g. LambdaModel(account_concurrency=1000)")
-
-
-def sampler(delay: Delay, rng: random.Random) -> Callable[[], float]:
-    """A function drawing one delay (seconds) from ``delay``."""
-    if callable(delay):
-        return lambda: max(0.0, float(delay(rng)))
-    if isinstance(delay, tuple):
-        low, high = delay
-        return lambda: rng.uniform(low, high)
-    value = float(delay)
-    return lambda: value
-
-
-@dataclass
-class SimulatedCounters:
-    """What the simulated Lambda saw.
-
-    Attributes
-    ----------
-    requests
-        Invoke requests received (throttled ones included).
-    throttles
-        Requests refused with 429: ``concurrency`` (account limit) or ``scaling`` (rate).
-    environments
-        Execution environments created (each paid one cold start).
-    in_flight, peak_in_flight
-        Invocations running now, and the most at once.
-    busy_s
-        Seconds environments spent busy (cold starts and task durations), summed.
-    timeline
-        ``(seconds since the first request, environments created so far)`` at each
-        creation, for checking the ramp-up.
-    invocations, cold_starts
-        Invocations that ran (not refused) and those that started a new environment, as
-        the simulated Lambda counted them (the backend counts them too, as it sees them).
-    """
-
-    requests: int = 0
-    throttles: dict[str, int] = field(default_factory=lambda: {"concurrency": 0, "scaling": 0})
-    environments: int = 0
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    busy_s: float = 0.0
-    timeline: list[tuple[float, int]] = field(default_factory=list)
-    invocations: int = 0
-    cold_starts: int = 0
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """What the server simulates.
-
-    Attributes
-    ----------
-    model
-        How Lambda behaves.
-    function
-        The function name it answers for.
-    signing_key
-        The HMAC key results are signed with.
-    timeout
-        The function timeout, seconds.
-    concurrency
-        The account concurrency when ``model.account_concurrency`` is ``None``.
-    tls
-        ``(certificate file, key file)`` to serve HTTPS with, as Lambda does; ``None``: HTTP.
-    """
-
-    model: LambdaModel
-    function: str
-    signing_key: bytes
-    timeout: float
-    concurrency: int
-    tls: tuple[str, str] | None = None
-
-
-class SimulatedBackend(LocalS3Backend):
+class SimulatedBackend(Backend):
     """Lambda's latencies, cold starts, concurrency limit and scaling rate; tasks only sleep.
 
     Parameters
@@ -230,7 +93,10 @@ class SimulatedBackend(LocalS3Backend):
 
     def __init__(self, model: LambdaModel | None = None, settings: FunctionSettings | None = None,
                  *, s3_endpoint: str | None = None, tls: bool = False):
-        super().__init__(settings, s3_endpoint=s3_endpoint)
+        super().__init__(settings)
+        self.python = sys.executable
+        self.s3: LocalS3 = LocalS3(s3_endpoint, python=self.python)
+        self.region = self.s3.region  # (S3's, and the one invokes are signed for)
         self.model = model = model or LambdaModel()
         self.tls = tls
         self._directory: str | None = None
@@ -239,6 +105,8 @@ class SimulatedBackend(LocalS3Backend):
         self.stats = SimulatedCounters()
         self._server: asyncio.subprocess.Process | None = None
         self._invoker: FunctionInvoker | None = None
+        #: The invoke endpoint's client (also reads the simulated Lambda's counters).
+        self._direct: LambdaInvoker | None = None
         self._url = ""
         self._closed = False
 
@@ -254,10 +122,9 @@ class SimulatedBackend(LocalS3Backend):
 
     async def refresh_counters(self) -> None:
         """Read the simulated Lambda's counters now (`stop` does it too)."""
-        if self._invoker is None or self._invoker.direct is None:
+        if self._direct is None:
             return
-        response = await self._invoker.direct.pool.request(
-            "GET", "/_simulator/counters", {"host": self._invoker.direct.pool.host}, b"", 30.0)
+        response = await self._direct.get("/_simulator/counters")
         seen = json.loads(response.body)
         seen["timeline"] = [tuple(point) for point in seen["timeline"]]
         self.stats = SimulatedCounters(**seen)
@@ -265,10 +132,10 @@ class SimulatedBackend(LocalS3Backend):
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        from .. import serialize
-        from .lambda_api import raise_open_files_limit
+        from ... import serialize
+        from ..http.sockets import raise_open_files_limit
 
-        await self.start_s3()
+        await self.s3.start()
         settings = self.settings
         connections = max(10, settings.concurrency)
         raise_open_files_limit(connections)
@@ -289,7 +156,7 @@ class SimulatedBackend(LocalS3Backend):
                 f"pickled ({type(exc).__name__}: {exc}): give it functions without locks, "
                 "files or sockets, e.g. LambdaModel(duration=constant(1.0))") from None
         self._server, port = await start_server_process(
-            self.python, "dask_lambda.backends.simulated_server",
+            self.python, "dask_lambda.backends.simulated.server",
             config=base64.b64encode(pickled) + b"\n")
         if port is None:
             raise ConfigurationError(
@@ -298,11 +165,11 @@ class SimulatedBackend(LocalS3Backend):
         scheme = "https" if self.tls else "http"
         self._url = f"{scheme}://127.0.0.1:{port}"
         read_timeout = settings.timeout + 60
-        direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
-                               max_connections=connections, read_timeout=read_timeout,
-                               ssl_context=context)
+        self._direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
+                                     max_connections=connections, read_timeout=read_timeout,
+                                     ssl_context=context)
         self._invoker = FunctionInvoker(
-            self.FUNCTION, "the simulated Lambda", direct=direct, memory=settings.memory,
+            self.FUNCTION, "the simulated Lambda", direct=self._direct, memory=settings.memory,
             timeout=settings.timeout, read_timeout=read_timeout,
             fix=lambda option, value: "LambdaClient(..., {}={})".format(
                 "function_timeout" if option == "timeout" else option, value),
@@ -322,15 +189,15 @@ class SimulatedBackend(LocalS3Backend):
 
     async def close(self) -> None:
         await self.stop()
-        if self._invoker is not None and self._invoker.direct is not None:
-            await self._invoker.direct.close()
+        if self._direct is not None:
+            await self._direct.close()
         if self._server is not None:
             server, self._server = self._server, None
             await stop_process(server, grace=5.0)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
-        await self.close_s3()
+        await self.s3.close()
 
     # -- invoke -----------------------------------------------------------------------
 
@@ -342,10 +209,7 @@ class SimulatedBackend(LocalS3Backend):
     async def invoke(self, event: dict) -> dict:
         if self._closed or self._invoker is None:
             raise HandlerCrashedError("the simulated backend is closed")
-        response = await self._invoker.invoke(event)
-        if (response.get("stats") or {}).get("cold"):
-            self.cold_starts += 1
-        return response
+        return self.count_cold_start(await self._invoker.invoke(event))
 
 
 def _self_signed(directory: str) -> tuple[str, str]:

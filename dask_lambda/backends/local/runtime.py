@@ -1,7 +1,7 @@
 """A local stand-in for the Lambda runtime: one process = one execution environment.
 
 Started by the local backend as a fresh interpreter
-(``python -m dask_lambda.backends.local_runtime``), like Lambda starts its
+(``python -m dask_lambda.backends.local.runtime``), like Lambda starts its
 runtime, so a user's script is never re-imported.  It imports the handler
 named by ``_HANDLER`` (``module.function``, as Lambda's variable), then
 serves invocations one at a time, warm, until its stdin closes.
@@ -17,7 +17,7 @@ The environment is a session (process group) of its own, started by the
 backend; whatever ends it (the backend closing stdin, or the client dying)
 ends the whole group, so processes a task left running go with it, as they do
 when Lambda shuts an execution environment down.  It also refuses opens of
-the client's files (`dask_lambda.backends.local_files`), as Lambda cannot see
+the client's files (`dask_lambda.backends.local.files`), as Lambda cannot see
 them.  This module imports only the standard library and the handler.
 """
 
@@ -119,7 +119,7 @@ def main() -> None:
                                           "errorMessage": f"{type(exc).__name__}: {exc}"}})
         return
     try:
-        from .local_files import install
+        from .files import install
 
         install([d for d in own if d])
     except Exception as exc:  # a check that cannot be set up must not stop the environment

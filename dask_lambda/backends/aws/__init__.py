@@ -1,0 +1,26 @@
+"""The aws backend: tasks run in a deployed AWS Lambda function.
+
+:mod:`.backend`
+    `AwsBackend`: checks the deployed function at start, one synchronous invoke per job.
+:mod:`.trigger`
+    ``mode="trigger"``: jobs written to S3, whose notification invokes the function.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backend import AwsBackend
+
+__all__ = ["AwsBackend"]
+_HOME = {"AwsBackend": "backend"}
+
+
+def __getattr__(name: str) -> Any:
+    """The backend"s class, imported on first use (as the other backends" packages do)."""
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
