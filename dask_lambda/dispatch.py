@@ -31,7 +31,6 @@ from .backends.base import Backend
 from .cost import CostMeter, billed_ms, invocation_ms
 from .counters import ExecutorStats
 from .errors import (
-    FunctionError,
     HandlerCrashedError,
     LambdaOutOfMemoryError,
     LambdaThrottledError,
@@ -187,11 +186,6 @@ class Dispatcher:
                 response = await self._invoke_paced(event, memory)
             except asyncio.CancelledError:  # stopped while it ran: billed at least until now
                 self.cost.settle(billed_ms(time() - sent))
-                raise
-            except FunctionError as exc:
-                self.cost.settle(getattr(exc, "billed_ms", None) or 0)
-                if exc.error_type == "InputLostError":
-                    raise ResultLostError(str(exc).split(": ", 1)[-1]) from None
                 raise
             except LambdaThrottledError as exc:
                 self.cost.cancel()

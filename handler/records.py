@@ -75,7 +75,7 @@ class InvokeEvent:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> InvokeEvent:
         max_output = wire.get("max_output")
-        return cls(bucket=wire["bucket"], job_key=wire["job_key"],
+        return cls(bucket=wire.get("bucket") or "", job_key=wire.get("job_key") or "",
                    result_key=wire.get("result_key") or "",
                    inline_max=int(wire.get("inline_max") or 0), job=wire.get("job"),
                    max_output=None if max_output is None else int(max_output),
@@ -238,8 +238,12 @@ class PingAnswer:
             wire = json.loads(body or b"null")
         except ValueError:
             return None
-        if function_error or not isinstance(wire, dict) or not isinstance(
-                wire.get("versions"), dict):
+        return None if function_error else cls.from_wire(wire)
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> PingAnswer | None:
+        """The answer in a decoded ping response, or None if it is not one."""
+        if not isinstance(wire, dict) or not isinstance(wire.get("versions"), dict):
             return None
         key = wire.get("key")
         return cls(versions=wire["versions"], key=key if isinstance(key, dict) else None)
@@ -258,6 +262,29 @@ class PingAnswer:
             return ("the function read another signing key than its configuration names: run "
                     "`dask-lambda deploy` again")
         return None
+
+
+# -- on the wire form, where a transport carries it as it is ---------------------------------
+
+
+def add_stats(wire: dict[str, Any], **figures: Any) -> dict[str, Any]:
+    """Add ``figures`` (`RunStats` fields: what Lambda's REPORT line said) to the stats of a
+    response in its wire form; returns ``wire``."""
+    wire.setdefault("stats", {}).update(figures)
+    return wire
+
+
+def add_requests(wire: dict[str, Any], gets: int, puts: int) -> dict[str, Any]:
+    """Count ``gets``/``puts`` more S3 requests (made around the handler) in a wire response."""
+    stats = wire.setdefault("stats", {})
+    stats["s3_gets"] = stats.get("s3_gets", 0) + gets
+    stats["s3_puts"] = stats.get("s3_puts", 0) + puts
+    return wire
+
+
+def ran_cold(wire: dict[str, Any]) -> bool:
+    """Whether a wire response says it ran in a new execution environment."""
+    return bool((wire.get("stats") or {}).get("cold"))
 
 
 def op(wire: dict[str, Any]) -> Any:

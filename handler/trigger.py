@@ -53,8 +53,10 @@ def handle_records(event: dict, context: Any) -> dict:
 #: Attempts at a claim that S3 answers 409 ConditionalRequestConflict, and the first wait.
 CLAIM_ATTEMPTS = 6
 _CLAIM_BACKOFF = 0.1
-#: The options (object metadata) the client may set on a trigger job.
-OPTIONS = ("max_output", "start_within")
+#: The options (object metadata) the client may set on a trigger job: the job's max-output,
+#: and the seconds after its writing within which it must start.
+MAX_OUTPUT, START_WITHIN = "max_output", "start_within"
+OPTIONS = (MAX_OUTPUT, START_WITHIN)
 #: S3 requests this module makes per job (the job's HEAD, the claim, the completion record),
 #: counted in the response's stats with the run's own.
 _GETS, _PUTS = 1, 2
@@ -103,7 +105,7 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     request_id = getattr(context, "aws_request_id", None)
     raw = (head.get("Metadata") or {}).get("dask-lambda-options")
     options = {k: v for k, v in json.loads(raw).items() if k in OPTIONS} if raw else {}
-    start_within = options.pop("start_within", None)
+    start_within = options.pop(START_WITHIN, None)
     age = _age(head)
     if start_within is not None and age > float(start_within):
         return _skipped(key, f"the job is {age:.0f} s old and had to start within "
@@ -111,7 +113,7 @@ def _run_job_object(bucket: str, key: str, context: Any) -> dict:
     if not _claim(client, bucket, claim, json.dumps(
             {"request_id": request_id, "time": time.time()}).encode()):
         return _skipped(key, "duplicate delivery: the job was already claimed")
-    max_output = options.get("max_output")
+    max_output = options.get(MAX_OUTPUT)
     event = records.InvokeEvent(bucket=bucket, job_key=key, result_key=result_key,
                                 max_output=None if max_output is None else int(max_output))
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -144,7 +145,8 @@ def _hungry_graph():
 def test_out_of_memory_fails_with_the_documented_error(s3_endpoint, s3):
     with LambdaClient("s3://f-oom/f", local_s3_endpoint=s3_endpoint, concurrency=2,
                       memory=600, dashboard_address=None) as client:
-        with pytest.raises(LambdaOutOfMemoryError, match=r"more than the function's 600 MB"):
+        with pytest.raises(LambdaOutOfMemoryError,
+                           match=r"The task used \d+ MB, the function's 600 MB"):
             _hungry_graph().compute()
         assert client.lambda_stats()["retries"] == 0
     assert list_keys(s3, "f-oom") == []
@@ -238,7 +240,13 @@ def refusing(endpoint, bucket):
 
 def assert_message(message, expected, key_start, key_end):
     """``message == expected`` where ``{key}`` in ``expected`` stands for one object key
-    (random run id and attempt token) that starts with ``key_start``, ends with ``key_end``."""
+    (random run id and attempt token) that starts with ``key_start``, ends with ``key_end``,
+    and a trailing ``{request}`` for the invocation's request id."""
+    if expected.endswith(" (request {request})"):
+        expected = expected[:-len(" (request {request})")]
+        found = re.search(r" \(request [0-9a-f-]{36}\)$", message)
+        assert found, message
+        message = message[:found.start()]
     before, after = expected.split("{key}")
     assert message.startswith(before), message
     assert message.endswith(after), message
@@ -285,7 +293,7 @@ def handler_refusal(task: str, action: str, bucket: str, area: str) -> str:
     return (f"task '{task}': S3PermissionError: the function's role may not {action} on "
             f"s3://{bucket}/{{key}} (AccessDenied): allow {action} on "
             f"arn:aws:s3:::{bucket}/f/{area}/* in the role's policy, or run "
-            + DEPLOY_HINT.format(b=bucket))
+            + DEPLOY_HINT.format(b=bucket) + " (request {request})")
 
 
 def test_s3_refusing_the_functions_job_read_names_the_permission(denying_s3):

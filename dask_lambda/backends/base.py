@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any
 
+from dask_lambda_handler import records
+
 from ..errors import ConfigurationError
 from ..scaling import SCALING_PERIOD, SCALING_RATE
 
@@ -88,7 +90,7 @@ class Backend(abc.ABC):
         """Count a cold start where the handler's response says it ran in a new execution
         environment (its ``stats``); returns ``response``. The local backend counts the
         environments it starts instead."""
-        if (response.get("stats") or {}).get("cold"):
+        if records.ran_cold(response):
             self.cold_starts += 1
         return response
 
@@ -150,7 +152,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def invoke(self, event: dict) -> dict:
-        """Invoke the handler once and return its response.
+        """Invoke the handler once with ``event`` and return its response, both in their wire
+        form (JSON-able dicts, as Lambda's Invoke API carries them; the dispatcher converts
+        `dask_lambda_handler.records`' records at its edge, and a backend that reads a field
+        reads it through them).
 
         Raises `LambdaThrottledError` when Lambda refuses the invocation (429), and the
         other errors of :mod:`dask_lambda.errors` when the execution environment fails.

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dask_lambda_handler import records
 from dask_lambda_handler.s3errors import error_code as error_code_of
 
 from .. import failures
@@ -111,9 +112,8 @@ class FunctionInvoker:
         response = json.loads(body)
         report = failures.parse_report(text)
         if isinstance(response, dict) and report.billed_ms is not None:
-            stats = response.setdefault("stats", {})
-            stats.update(billed_ms=report.billed_ms, max_memory_mb=report.max_memory_mb,
-                         init_ms=report.init_ms)
+            records.add_stats(response, billed_ms=report.billed_ms,
+                              max_memory_mb=report.max_memory_mb, init_ms=report.init_ms)
         return response
 
     async def send(self, payload: bytes, *, count: bool = True) -> tuple[bytes, str, str, str]:

@@ -179,7 +179,8 @@ class AwsBackend(Backend):
                 s3, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
-                deploy=self.deploy, limit=self._trigger_limit(limits))
+                deploy=self.deploy, limit=self._trigger_limit(limits),
+                memory=self.function_memory, fix=self._fix)
 
     def _trigger_limit(self, limits: trigger.Limits) -> int | None:
         """Trigger mode: most jobs out at once. Lambda queues asynchronous invocations it

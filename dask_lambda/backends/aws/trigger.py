@@ -37,11 +37,13 @@ import email.utils
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_lambda_handler import protocol, s3errors, s3keys, trigger
+from dask_lambda_handler import protocol, records, s3errors, s3keys, trigger
 
+from ... import failures
 from ...deployment import names
 from ...errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
 
@@ -135,7 +137,8 @@ class TriggerDispatcher:
     """
 
     def __init__(self, s3: Any, layout: s3keys.Layout, *, signing_key: bytes, timeout: float,
-                 grace: float, function: str, deploy: str, limit: int | None = None):
+                 grace: float, function: str, deploy: str, limit: int | None = None,
+                 memory: int = 0, fix: Callable[[str, int], str] | None = None):
         self.s3 = s3
         self.layout = layout
         self.signing_key = signing_key
@@ -143,6 +146,8 @@ class TriggerDispatcher:
         self.grace = grace
         self.function = function
         self.deploy = deploy
+        self.memory = memory
+        self.fix = fix or (lambda option, value: f"`{deploy} --trigger --{option} {value}`")
         self.limit = limit
         self.done_prefix = layout.done_prefix
         self._pending: dict[str, _Pending] = {}
@@ -170,26 +175,27 @@ class TriggerDispatcher:
         async with self._slots:
             return await self._run(event)
 
-    async def _run(self, event: dict) -> dict:
-        job_key = self.trigger_job_key(event["result_key"])
+    async def _run(self, wire: dict) -> dict:
+        event = records.InvokeEvent.from_wire(wire)
+        job_key = self.trigger_job_key(event.result_key)
         result_key = s3keys.result_key_for_job(job_key)
         claim_key, done_key = trigger.state_keys(result_key)
         loop = asyncio.get_running_loop()
         pending = _Pending(job_key, claim_key, loop.create_future(), float("inf"))
         self._pending[done_key] = pending
-        options: dict = {"start_within": round(self.start_within, 3)}
-        if "max_output" in event:
-            options["max_output"] = event["max_output"]
+        options: dict = {trigger.START_WITHIN: round(self.start_within, 3)}
+        if event.max_output is not None:
+            options[trigger.MAX_OUTPUT] = event.max_output
         meta = {"dask-lambda-options": json.dumps(options)}
         try:
-            if event.get("job") is not None:
+            if event.job is not None:
                 await self.s3.put_object(Bucket=self.layout.bucket, Key=job_key, Metadata=meta,
-                                         Body=base64.b64decode(event["job"]))
+                                         Body=base64.b64decode(event.job))
             else:  # the executor uploaded it under its plain key: copy it inside S3
                 await self.s3.copy_object(
                     Bucket=self.layout.bucket, Key=job_key, Metadata=meta,
                     MetadataDirective="REPLACE",
-                    CopySource={"Bucket": self.layout.bucket, "Key": event["job_key"]})
+                    CopySource={"Bucket": self.layout.bucket, "Key": event.job_key})
             # the grace runs from when the object exists, as the handler's start_within does
             pending.deadline = time.monotonic() + self.grace
             if self._poller is None:
@@ -198,10 +204,8 @@ class TriggerDispatcher:
             response = await pending.future
         finally:
             self._pending.pop(done_key, None)
-        stats = response.setdefault("stats", {})
         # the job's PUT or COPY; the record's GET and the claim's HEADs; LISTs not yet counted
-        stats["s3_puts"] = stats.get("s3_puts", 0) + 1 + self._unbilled_polls
-        stats["s3_gets"] = stats.get("s3_gets", 0) + 1 + pending.heads
+        records.add_requests(response, gets=1 + pending.heads, puts=1 + self._unbilled_polls)
         self._unbilled_polls = 0
         return response
 
@@ -279,11 +283,10 @@ class TriggerDispatcher:
             except Exception:
                 raise FunctionError(f"the function's completion record is not valid: {exc}",
                                     "PayloadError") from None
-        if "error" in record:
+        if "error" in record:  # the handler failed (not the task): Lambda's shape of it
             err = record["error"]
-            etype = str(err.get("errorType") or "Unhandled")
-            raise FunctionError(f"{etype}: {err.get('errorMessage')} (request "
-                                f"{err.get('requestId')})", etype)
+            raise failures.function_error(err, "", request_id=str(err.get("requestId")),
+                                          memory=self.memory, timeout=self.timeout, fix=self.fix)
         return record["response"]
 
     async def _check_claim(self, pending: _Pending) -> None:
@@ -314,4 +317,4 @@ class TriggerDispatcher:
             f"ran out of memory or its execution environment crashed (the function's log, "
             f"CloudWatch log group {names.log_group(self.function)}, says which). Raise the "
             f"function timeout or memory, e.g. `{self.deploy} --trigger --timeout "
-            f"{int(min(900, self.timeout * 2))}`, or split the task into smaller ones."))
+            f"{failures.longer_timeout(self.timeout)}`, or split the task into smaller ones."))

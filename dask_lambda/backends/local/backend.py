@@ -35,17 +35,15 @@ import time
 import uuid
 from typing import Any
 
-from dask_lambda_handler import transfer
+from dask_lambda_handler import protocol, records, transfer
 from dask_lambda_handler.client_paths import CLIENT_DIRS_ENV
 
-from ... import limits
+from ... import failures
 from ...errors import (
     ConfigurationError,
     FunctionError,
     HandlerCrashedError,
-    LambdaOutOfMemoryError,
     LambdaThrottledError,
-    LambdaTimeoutError,
 )
 from ..base import Backend, FunctionSettings
 from .faults import FaultPlan
@@ -182,6 +180,12 @@ class _Environment:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _local_fix(option: str, value: int) -> str:
+    """How a local user gives the function another ``option`` (``timeout``, ``memory``)."""
+    argument = "function_timeout" if option == "timeout" else option
+    return f"LambdaClient(..., {argument}={value}) or DASK_LAMBDA__{option.upper()}"
+
+
 class LocalBackend(Backend):
     """Run the handler in local processes that behave like Lambda execution environments.
 
@@ -279,7 +283,7 @@ class LocalBackend(Backend):
             env.setdefault(var, threads)
         env.update({
             "_HANDLER": HANDLER,
-            "DASK_LAMBDA_SIGNING_KEY": self.settings.signing_key.hex(),
+            protocol.SIGNING_KEY_ENV: self.settings.signing_key.hex(),
             "AWS_LAMBDA_FUNCTION_NAME": "dask-lambda-local",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.settings.memory),
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(self.settings.timeout),
@@ -387,7 +391,7 @@ class LocalBackend(Backend):
             raise HandlerCrashedError("the local backend is closed")
         faults = self.faults
         if faults is not None:
-            job = str(event.get("result_key"))
+            job = records.InvokeEvent.from_wire(event).result_key
             if faults.hits("throttle", event, self._throttled.get(job, 0)):
                 self._throttled[job] = self._throttled.get(job, 0) + 1
                 raise LambdaThrottledError("Rate Exceeded. (TooManyRequestsException, injected)")
@@ -419,26 +423,18 @@ class LocalBackend(Backend):
                 reply = await asyncio.wait_for(env.call(request), timeout)
             except asyncio.TimeoutError:
                 await self._discard(env)
-                raise LambdaTimeoutError(
-                    f"Task timed out after {timeout:.2f} seconds (request {request_id}). Raise "
-                    "the function timeout, e.g. LambdaClient(..., "
-                    f"function_timeout={int(min(limits.MAX_TIMEOUT_S, timeout * 2))}) or "
-                    "DASK_LAMBDA__TIMEOUT, or split "
-                    "the task into smaller ones.") from None
+                raise self._failed(request_id, memory, "Sandbox.Timedout",
+                                   f"{request_id} Task timed out after {timeout:.2f} seconds"
+                                   ) from None
             except _Died:
                 code = await env.returncode()
                 await self._discard(env)
-                if env.oom_rss:
-                    raise LambdaOutOfMemoryError(
-                        "Runtime exited: out of memory. The task used "
-                        f"{env.oom_rss / 2**20:.0f} MB, more than the function's {memory} MB "
-                        f"(request {request_id}). "
-                        f"Give it more, e.g. LambdaClient(..., memory={min(10240, memory * 2)}) "
-                        "or DASK_LAMBDA__MEMORY, or use smaller partitions/chunks.") from None
-                raise HandlerCrashedError(
-                    f"Runtime exited with code {code} while running the task "
-                    f"(request {request_id}): the execution environment crashed or was killed."
-                ) from None
+                if env.oom_rss:  # as Lambda reports it: the REPORT line says what it used
+                    raise self._failed(request_id, memory, "Runtime.OutOfMemory",
+                                       "Runtime exited with error: signal: killed",
+                                       used_mb=env.oom_rss / 2**20) from None
+                raise self._failed(request_id, memory, "Runtime.ExitError",
+                                   f"Runtime exited with code {code}") from None
             except BaseException:
                 await self._discard(env)
                 raise
@@ -456,7 +452,19 @@ class LocalBackend(Backend):
                 await self._discard(env)
             else:
                 self._idle.append(env)
-        if "error" in reply:
-            err = reply["error"]
-            raise FunctionError(f"{err['errorType']}: {err['errorMessage']}", err["errorType"])
+        if "error" in reply:  # the handler raised (not the task)
+            raise self._failed(request_id, memory, reply["error"]["errorType"],
+                               reply["error"]["errorMessage"])
         return reply["response"]
+
+    def _failed(self, request_id: str, memory: int, error_type: str, message: str, *,
+                used_mb: float | None = None) -> Exception:
+        """The typed error of a failed invocation: the runtime answers in Lambda's own shapes
+        (``Sandbox.Timedout``, ``Runtime.OutOfMemory``, ``Runtime.ExitError``, the handler's
+        exception), which `dask_lambda.failures` classifies as it does every backend's."""
+        log = "" if used_mb is None else (
+            f"REPORT RequestId: {request_id}\tMemory Size: {memory} MB\t"
+            f"Max Memory Used: {used_mb:.0f} MB\t")
+        return failures.function_error(
+            {"errorType": error_type, "errorMessage": message}, log, request_id=request_id,
+            memory=memory, timeout=self.settings.timeout, fix=_local_fix)

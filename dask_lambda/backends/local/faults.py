@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from dask_lambda_handler import records
+
 
 @dataclass(frozen=True)
 class FaultPlan:
@@ -46,10 +48,10 @@ class FaultPlan:
         share = getattr(self, fault)
         if share <= 0:
             return False
-        result_key = event.get("result_key", "")
-        if not self.every_attempt and not result_key.endswith("-a0.out"):
+        at = records.InvokeEvent.from_wire(event)
+        if not self.every_attempt and not at.result_key.endswith("-a0.out"):
             return False
         if fault == "throttle" and throttled > 0 and not self.every_attempt:
             return False  # throttled once, then let through
-        digest = hashlib.sha256(f"{self.seed}/{fault}/{event.get('job_key')}".encode()).digest()
+        digest = hashlib.sha256(f"{self.seed}/{fault}/{at.job_key}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < share

@@ -32,7 +32,7 @@ from dataclasses import asdict
 from time import monotonic
 from typing import Any
 
-from dask_lambda_handler import protocol, s3keys
+from dask_lambda_handler import protocol, records, s3keys
 
 from ..http import wire
 from .model import ServerConfig, SimulatedCounters, sampler
@@ -58,24 +58,24 @@ class SimulatedLambda:
         self._run_keys: dict[str, bytes] = {}
         self.account_concurrency = model.account_concurrency or config.concurrency
 
-    def _encode(self, event: dict, value: Any) -> dict:
+    def _encode(self, wire: dict, value: Any) -> records.InvokeResponse:
         """The handler's response for a task that returned ``value`` (inline), sans stats:
         signed with the run's key and bound to the attempt's result key, as the handler's.
         (Benchmarks of the invoke path alone send events without keys: their answers are
         signed for no run and no object.)"""
         from dask.sizeof import sizeof
 
-        run = s3keys.run_of(event["job_key"]) if "job_key" in event else ""
+        event = records.InvokeEvent.from_wire(wire)
+        run = s3keys.run_of(event.job_key) if event.job_key else ""
         key = self._run_keys.get(run)
         if key is None:
             key = self._run_keys[run] = protocol.run_key(self.config.signing_key, run)
         name = protocol.type_name(value)
         frames = self._none if value is None else protocol.dumps_object(value)
         blob = protocol.encode({"kind": "result", "type": name}, frames, key,
-                               s3keys.identity(event.get("bucket", ""),
-                                                 event.get("result_key", "")))
-        return {"status": "ok", "result": base64.b64encode(blob).decode(), "result_key": None,
-                "nbytes": len(blob), "size": int(sizeof(value)), "type": name, "log": None}
+                               s3keys.identity(event.bucket, event.result_key))
+        return records.InvokeResponse(status=records.OK, nbytes=len(blob), size=int(sizeof(value)),
+                                      type=name, result=base64.b64encode(blob).decode())
 
     async def invoke(self, event: dict) -> tuple[int, dict[str, str], bytes]:
         """One invoke request: (HTTP status, headers, body) as Lambda answers."""
@@ -118,9 +118,9 @@ class SimulatedLambda:
                     f"{request_id} Task timed out after {timeout:.2f} seconds")}).encode()
         response = self._encode(event, None if self.model.result is None
                                 else self.model.result(event))
-        measured = {"duration_s": run, "cold": cold, "request_id": request_id}
+        measured = records.RunStats(duration_s=run, cold=cold, request_id=request_id)
         return 200, {"x-amzn-requestid": request_id}, json.dumps(
-            {**response, "stats": measured}).encode()
+            response.with_stats(measured).to_wire()).encode()
 
     def _may_create(self, now: float) -> bool:
         """Whether the scaling rate allows one more new environment now."""
