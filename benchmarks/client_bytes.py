@@ -96,8 +96,10 @@ def scattered_array(quick: bool) -> tuple[Callable[[Any], Any], int]:
 
     def run(client: Any) -> Any:
         # hash=False: a key of its own each run (scattering the same data again under the same
-        # key races with the release of the last run's, in distributed, with any cluster)
-        [future] = client.scatter([data], broadcast=True, hash=False)
+        # key races with the release of the last run's, in distributed, with any cluster); a
+        # copy: the same object again would be found still uploaded (its last key not yet
+        # released), and the timed run would send nothing
+        [future] = client.scatter([data.copy()], broadcast=True, hash=False)
         return np.sum(client.gather([client.submit(part_sum, future, i) for i in range(6)]),
                       axis=0)
 
