@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import itertools
 import json
 import logging
@@ -144,7 +143,7 @@ class Dispatcher:
                                     max_output=self.max_output,
                                     tasks=max(1, len(prefixes)))
         if nbytes <= self.inline_max and _fits_inline(nbytes, event):
-            event = dataclasses.replace(event, job=base64.b64encode(b"".join(parts)).decode())
+            event = event.carrying(base64.b64encode(b"".join(parts)).decode())
             self.stats.inline_jobs += 1
         else:
             await self.store.put(event.job_key, parts)
