@@ -218,7 +218,7 @@ def sleeper(latency: tuple[float, float], cold_start: tuple[float, float],
             super().__init__()
             self.rng = random.Random(0)
             self.warm = 0  # slots that have run a task and are idle
-            self.in_flight = 0
+            self.sleeping = 0
             self.counters = {"invocations": 0, "cold_starts": 0, "throttles": 0,
                              "peak_in_flight": 0, "busy_s": 0.0}
 
@@ -227,13 +227,13 @@ def sleeper(latency: tuple[float, float], cold_start: tuple[float, float],
             cold = self.warm == 0
             busy = (self.rng.uniform(*cold_start) if cold else 0.0) + duration
             self.warm -= not cold
-            self.in_flight += 1
+            self.sleeping += 1
             counters["invocations"] += 1
             counters["cold_starts"] += cold
             counters["busy_s"] += busy
-            counters["peak_in_flight"] = max(counters["peak_in_flight"], self.in_flight)
+            counters["peak_in_flight"] = max(counters["peak_in_flight"], self.sleeping)
             await asyncio.sleep(self.rng.uniform(*latency) + busy)
-            self.in_flight -= 1
+            self.sleeping -= 1
             self.warm += 1
             return {"op": "task-finished", "status": "OK", "result": None, "nbytes": 16,
                     "type": None, "start": start + delay, "stop": time.time() + delay,
