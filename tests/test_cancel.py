@@ -33,7 +33,7 @@ def _running(client, key, timeout: float = 60.0) -> None:
 
 
 def _environment_pids(client) -> set[int]:
-    return {env.proc.pid for env in client.cluster.backend._all}
+    return {env.proc.pid for env in client.cluster.backend.invoker.environments}
 
 
 def test_cancelling_a_running_task_stops_it_and_frees_its_slot(client):

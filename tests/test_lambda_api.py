@@ -383,7 +383,7 @@ def test_a_tls_connection_holds_little_memory():
             before = psutil.Process().memory_info().rss
             await asyncio.gather(*(backend.invoke({"op": "run"}) for _ in range(300)))
             grown = psutil.Process().memory_info().rss - before
-            return backend._invoker.direct.pool.opened, grown / 300
+            return backend.invoker.direct.pool.opened, grown / 300
         finally:
             await backend.close()
 
@@ -478,7 +478,7 @@ def test_tls_failures_before_the_request_are_nothing_sent_or_a_certificate_error
             with pytest.raises(ssl.SSLCertVerificationError, match="self.signed certificate"):
                 await HttpPool(backend._url, max_connections=1).request(
                     "POST", "/", {}, b"{}", 5.0)
-            trusted = backend._invoker.direct  # trusts it: and reuses its connection
+            trusted = backend.invoker.direct  # trusts it: and reuses its connection
             for _ in range(3):
                 assert (await trusted.invoke(b'{"op": "run"}')).status == 200
             assert trusted.pool.opened == 1
@@ -511,8 +511,8 @@ def test_invoke_connections_send_keepalives_well_before_a_nat_forgets_them():
                                            signing_key=b"k" * 32))
         await backend.start()
         try:
-            pool = backend._invoker.direct.pool
-            assert (await backend._invoker.direct.invoke(b'{"op": "run"}')).status == 200
+            pool = backend.invoker.direct.pool
+            assert (await backend.invoker.direct.invoke(b'{"op": "run"}')).status == 200
             tls = _keepalive_idle(pool._idle[0].writer.transport.get_extra_info("socket"))
         finally:
             await backend.close()

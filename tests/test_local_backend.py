@@ -40,7 +40,7 @@ from dask_lambda.serialize import dumps
 from .conftest import bucket_for, list_keys
 
 #: One environment: what a task leaves in it is seen by the next task.
-CLIENT_OPTIONS = {"concurrency": 1, "timeout": 60, "retries": 2}
+CLIENT_OPTIONS = {"concurrency": 1, "function_timeout": 60, "retries": 2}
 
 
 def processes_below(directory: str) -> list[psutil.Process]:

@@ -210,7 +210,7 @@ def test_the_simulated_lambda_serves_https_with_a_certificate_the_client_checks(
     with LambdaClient("s3://t-simulated/run", backend=backend, concurrency=4,
                       dashboard_address=None, set_as_default=False) as client:
         assert backend._url.startswith("https://127.0.0.1:")
-        pool = backend._invoker.direct.pool
+        pool = backend.invoker.direct.pool
         assert pool.tls and pool.ssl_context.verify_mode == ssl.CERT_REQUIRED
         assert client.gather(client.map(str, range(20), pure=False)) == [None] * 20
     assert backend.counters()["invocations"] == 20

@@ -8,7 +8,7 @@ from typing import Any
 
 from dask_lambda_handler import records
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, HandlerCrashedError
 from ..scaling import SCALING_PERIOD, SCALING_RATE
 
 
@@ -51,14 +51,53 @@ class S3Endpoint(abc.ABC):
         return {}
 
 
+class Invoker(abc.ABC):
+    """Where a backend's invocations run: local execution environments
+    (`dask_lambda.backends.local.invoker`), Lambda's Invoke API (`dask_lambda.backends.invoke`)
+    or the S3 trigger (`dask_lambda.backends.aws.trigger`).
+
+    It counts what it sent and the cold starts it saw, which the backend reports.
+    """
+
+    def __init__(self) -> None:
+        #: Invocations sent that may have run (not the ones refused), cold starts seen.
+        self.invocations = 0
+        self.cold_starts = 0
+        #: Set by `stop`: no invocation is started any more.
+        self.stopped = False
+
+    @abc.abstractmethod
+    async def invoke(self, event: dict) -> dict:
+        """Invoke the handler once with ``event`` and return its response (see
+        `Backend.invoke`)."""
+
+    def count_cold_start(self, response: dict) -> dict:
+        """Count a cold start where the handler's response says it ran in a new execution
+        environment (its ``stats``); returns ``response``."""
+        if records.ran_cold(response):
+            self.cold_starts += 1
+        return response
+
+    def set_concurrency(self, concurrency: int) -> None:  # noqa: B027  (optional hook)
+        """Hold up to ``concurrency`` invocations at once from now on."""
+
+    async def stop(self) -> None:
+        """Start no invocation any more, and stop running ones where it can."""
+        self.stopped = True
+
+    async def close(self) -> None:  # noqa: B027
+        """Release what the invoker holds (connections, processes)."""
+
+
 class Backend(abc.ABC):
     """Runs handler invocations somewhere.
 
     A backend starts what it needs (`start`), invokes the handler with a
     Lambda-shaped event and returns its response (`invoke`), and removes what
     it started (`close`).  Failures of the execution environment raise the
-    typed errors of :mod:`dask_lambda.errors`.  Its S3 is a component, `s3` (an
-    `S3Endpoint`), which a subclass sets in ``__init__``.
+    typed errors of :mod:`dask_lambda.errors`.  It is two components: where its
+    S3 is, `s3` (an `S3Endpoint`, set in ``__init__``), and where invocations run,
+    `invoker` (an `Invoker`, set by `start`); `invoke` sends through the invoker.
 
     A backend made without ``settings`` can be given to a client,
     ``LambdaClient(bucket, backend=SimulatedBackend())``: the cluster then passes it
@@ -78,21 +117,22 @@ class Backend(abc.ABC):
     settings: FunctionSettings
     #: Where the jobs and results live.
     s3: S3Endpoint
+    #: Where invocations run (None until `start`).
+    invoker: Invoker | None = None
 
     def __init__(self, settings: FunctionSettings | None = None):
         if settings is not None:
             self.settings = settings
-        #: Invocations made, cold starts seen.
-        self.invocations = 0
-        self.cold_starts = 0
 
-    def count_cold_start(self, response: dict) -> dict:
-        """Count a cold start where the handler's response says it ran in a new execution
-        environment (its ``stats``); returns ``response``. The local backend counts the
-        environments it starts instead."""
-        if records.ran_cold(response):
-            self.cold_starts += 1
-        return response
+    @property
+    def invocations(self) -> int:
+        """Invocations sent that may have run (the invoker's count)."""
+        return 0 if self.invoker is None else self.invoker.invocations
+
+    @property
+    def cold_starts(self) -> int:
+        """Cold starts seen (the invoker's count)."""
+        return 0 if self.invoker is None else self.invoker.cold_starts
 
     def configure(self, settings: FunctionSettings) -> None:
         """Take the cluster's function settings (called once, before `start`).
@@ -116,6 +156,8 @@ class Backend(abc.ABC):
         import dataclasses
 
         self.settings = dataclasses.replace(self.settings, concurrency=concurrency)
+        if self.invoker is not None:
+            self.invoker.set_concurrency(concurrency)
 
     @property
     def max_concurrency(self) -> int | None:
@@ -150,19 +192,30 @@ class Backend(abc.ABC):
     async def start(self) -> None:  # noqa: B027  (optional hook: nothing by default)
         """Start whatever the backend needs."""
 
-    @abc.abstractmethod
-    async def invoke(self, event: dict) -> dict:
+    async def invoke(self, event: dict, **options: Any) -> dict:
         """Invoke the handler once with ``event`` and return its response, both in their wire
         form (JSON-able dicts, as Lambda's Invoke API carries them; the dispatcher converts
         `dask_lambda_handler.records`' records at its edge, and a backend that reads a field
-        reads it through them).
+        reads it through them). ``options``: what the invoker takes besides (the local one,
+        ``memory=``; see `supports_memory_override`).
 
         Raises `LambdaThrottledError` when Lambda refuses the invocation (429), and the
         other errors of :mod:`dask_lambda.errors` when the execution environment fails.
         """
+        invoker = self.invoker
+        if invoker is None or invoker.stopped:
+            raise HandlerCrashedError(
+                f"the {self.name} backend is {'not started' if invoker is None else 'closed'}")
+        return await invoker.invoke(event, **options)
 
-    async def stop(self) -> None:  # noqa: B027
+    async def stop(self) -> None:
         """Stop running invocations, where the backend can (before the run's objects go)."""
+        if self.invoker is not None:
+            await self.invoker.stop()
 
-    async def close(self) -> None:  # noqa: B027
-        """Stop and remove everything `start` made."""
+    async def close(self) -> None:
+        """Stop and remove everything `start` made (a subclass closes its own parts after
+        calling this)."""
+        await self.stop()
+        if self.invoker is not None:
+            await self.invoker.close()

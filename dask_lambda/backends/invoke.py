@@ -26,6 +26,7 @@ from dask_lambda_handler.s3errors import error_code as error_code_of
 
 from .. import failures
 from ..errors import HandlerCrashedError
+from .base import Invoker
 from .http.lambda_api import LambdaInvoker, error_fields
 from .http.pool import ConnectionLost, NothingSent, ReadTimeout
 
@@ -33,7 +34,7 @@ from .http.pool import ConnectionLost, NothingSent, ReadTimeout
 CONNECT_RETRIES = 5
 
 
-class FunctionInvoker:
+class FunctionInvoker(Invoker):
     """Invoke one function and return the handler's response, or raise a typed error.
 
     Parameters
@@ -54,7 +55,8 @@ class FunctionInvoker:
     redeploy
         What to do when the function is gone (e.g. the deploy command).
     on_sent
-        Called for each invocation that may have run (not the ones Lambda refused).
+        Called for each invocation that may have run (not the ones Lambda refused), as it is
+        counted in ``invocations``.
 
     Attributes
     ----------
@@ -71,6 +73,7 @@ class FunctionInvoker:
                  on_sent: Callable[[], None] = lambda: None):
         if (direct is None) == (sdk is None):
             raise ValueError("give exactly one of direct= and sdk=")
+        super().__init__()
         self.function = function
         self.where = where
         self.direct = direct
@@ -114,12 +117,12 @@ class FunctionInvoker:
         if isinstance(response, dict) and report.billed_ms is not None:
             records.add_stats(response, billed_ms=report.billed_ms,
                               max_memory_mb=report.max_memory_mb, init_ms=report.init_ms)
-        return response
+        return self.count_cold_start(response)
 
     async def send(self, payload: bytes, *, count: bool = True) -> tuple[bytes, str, str, str]:
         """Invoke once: (body, function error, log tail in base64, request id).
 
-        ``count``: report it to ``on_sent`` (not a version ping).
+        ``count``: count it and report it to ``on_sent`` (not a version ping).
         """
         send = self._send_sdk if self.direct is None else self._send_direct
         for attempt in range(CONNECT_RETRIES + 1):
@@ -193,7 +196,12 @@ class FunctionInvoker:
 
     def _sent(self, count: bool) -> None:
         if count:
+            self.invocations += 1
             self.on_sent()
+
+    async def close(self) -> None:
+        if self.direct is not None:  # (an sdk client is its owner's to close)
+            await self.direct.close()
 
     def api_error(self, code: str, status: int, text: str, *, body: dict | None = None,
                   headers: dict | None = None) -> Exception:

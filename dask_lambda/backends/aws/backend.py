@@ -115,7 +115,7 @@ class AwsBackend(Backend):
         self.mode = mode
         self.region = region or default_region()  # Settings checked that boto has one
         self.s3 = AwsS3(self.region)
-        self.invoker = invoker
+        self.invoke_client = invoker
         self.deploy = names.deploy_command(layout.bucket, layout.prefix, function, region)
         self.grace = float(notification_grace)
         #: The deployed function's timeout (s), memory (MB) and architecture, read by `start`.
@@ -124,8 +124,8 @@ class AwsBackend(Backend):
         self.function_architecture = "x86_64"
         self.deployed_versions: dict = {}
         self._stack: contextlib.AsyncExitStack | None = None
-        self._invoker: FunctionInvoker | None = None
-        self._trigger: Any = None
+        #: The Invoke API's client (version pings; invoke mode's `invoker`).
+        self.function_invoker: FunctionInvoker | None = None
 
     # billed_memory_mb: the base class's settings.memory, which `start` sets to the deployed
     # function's MemorySize.
@@ -153,29 +153,31 @@ class AwsBackend(Backend):
         direct = sdk = None
         if self._use_direct(control):
             direct = await self._direct_invoker(session, control, connections, read_timeout)
-            self._stack.push_async_callback(direct.close)
         else:
             sdk = await self._stack.enter_async_context(session.create_client(
                 "lambda", region_name=self.region,
                 config=sdk_invoke_config(read_timeout, connections)))
-        self._invoker = FunctionInvoker(
+        self.function_invoker = invoker = FunctionInvoker(
             self.function, f"AWS Lambda in {self.region}", direct=direct, sdk=sdk,
             memory=self.function_memory, timeout=self.function_timeout,
             read_timeout=read_timeout, fix=self._fix,
-            redeploy=f"deploy it again with `{self.deploy}`", on_sent=self._count_invocation)
+            redeploy=f"deploy it again with `{self.deploy}`")
+        self._stack.push_async_callback(invoker.close)
         limits = await trigger.read_limits(control, self.function,
                                                account=self.mode == "trigger")
         if limits.reserved == 0:
             raise ConfigurationError(failures.switched_off(self.function))
-        self._invoker.reserved_concurrency = limits.reserved
+        invoker.reserved_concurrency = limits.reserved
         await self._check_versions()
-        if self.mode == "trigger":
+        if self.mode != "trigger":
+            self.invoker = invoker
+        else:
             s3 = await self._stack.enter_async_context(session.create_client(
                 "s3", region_name=self.region, config=AioConfig(
                     retries={"mode": "standard", "max_attempts": 5},
                     max_pool_connections=max(10, min(256, self.settings.concurrency)))))
             await self._check_trigger(s3)
-            self._trigger = trigger.TriggerDispatcher(
+            self.invoker = trigger.TriggerDispatcher(
                 s3, self.layout,
                 signing_key=protocol.run_key(self.settings.signing_key, self.layout.run),
                 timeout=self.function_timeout, grace=self.grace, function=self.function,
@@ -194,13 +196,9 @@ class AwsBackend(Backend):
             cap[0], cap[1], self.settings.concurrency)
         return cap[0]
 
-    async def stop(self) -> None:
-        if self._trigger is not None:
-            await self._trigger.stop()
-
     async def close(self) -> None:
-        await self.stop()
-        if self._stack is not None:
+        await super().close()
+        if self._stack is not None:  # (the clients, and the invokers again: idempotent)
             stack, self._stack = self._stack, None
             await stack.aclose()
 
@@ -289,8 +287,8 @@ class AwsBackend(Backend):
 
     def _use_direct(self, control: Any) -> bool:
         """Whether invokes go through `.http.lambda_api` (see ``invoker``)."""
-        if self.invoker != "auto":
-            return self.invoker == "direct"
+        if self.invoke_client != "auto":
+            return self.invoke_client == "direct"
         return not _proxied(control.meta.endpoint_url, control.meta.config.proxies)
 
     async def _direct_invoker(self, session: Any, control: Any, connections: int,
@@ -316,13 +314,10 @@ class AwsBackend(Backend):
     def _fix(self, option: str, value: int) -> str:
         return f"`{self.deploy} --{option} {value}`"
 
-    def _count_invocation(self) -> None:
-        self.invocations += 1
-
     async def _check_versions(self) -> None:
         # (the describe call has checked the endpoint, TLS and credentials)
-        assert self._invoker is not None
-        body, function_error, _, _ = await self._invoker.send(ping.PING, count=False)
+        assert self.function_invoker is not None
+        body, function_error, _, _ = await self.function_invoker.send(ping.PING, count=False)
         answer = ping.answer(body, function_error)
         if answer is None or "versions" not in answer:
             raise VersionMismatchError(
@@ -363,22 +358,6 @@ class AwsBackend(Backend):
             f"mode=\"trigger\" needs an S3 notification from s3://{self.layout.bucket}/{want} to "
             f"the function {self.function!r}, and there is none: set it up with "
             f"`{self.deploy} --trigger`, or use mode=\"invoke\"")
-
-    # -- invoke ---------------------------------------------------------------------------------
-
-    async def set_concurrency(self, concurrency: int) -> None:
-        await super().set_concurrency(concurrency)
-        if self._invoker is not None:
-            self._invoker.set_concurrency(concurrency)
-
-    async def invoke(self, event: dict) -> dict:
-        if self.mode == "trigger":
-            self.invocations += 1
-            response = await self._trigger.run(event)
-        else:
-            assert self._invoker is not None, "invoke before start"
-            response = await self._invoker.invoke(event)
-        return self.count_cold_start(response)
 
 
 def sdk_invoke_config(read_timeout: float, connections: int) -> Any:

@@ -46,6 +46,7 @@ from dask_lambda_handler import protocol, records, s3errors, s3keys, trigger
 from ... import failures
 from ...deployment import names
 from ...errors import FunctionError, HandlerCrashedError, LambdaTimeoutError
+from ..base import Invoker
 
 _MIN_INTERVAL = 0.05
 _MAX_INTERVAL = 1.0
@@ -115,7 +116,7 @@ class _Pending:
 _code = s3errors.error_code  # of a botocore ClientError
 
 
-class TriggerDispatcher:
+class TriggerDispatcher(Invoker):
     """Send jobs as S3 objects and wait for their completion records.
 
     Parameters
@@ -139,6 +140,7 @@ class TriggerDispatcher:
     def __init__(self, s3: Any, layout: s3keys.Layout, *, signing_key: bytes, timeout: float,
                  grace: float, function: str, deploy: str, limit: int | None = None,
                  memory: int = 0, fix: Callable[[str, int], str] | None = None):
+        super().__init__()
         self.s3 = s3
         self.layout = layout
         self.signing_key = signing_key
@@ -168,12 +170,13 @@ class TriggerDispatcher:
         relative = result_key[len(self.layout.results_root):]
         return f"{self.layout.jobs_root}{relative.removesuffix('.out')}{names.TRIGGER_SUFFIX}"
 
-    async def run(self, event: dict) -> dict:
+    async def invoke(self, event: dict) -> dict:
         """Write the event's job as a trigger job object; return the handler's response."""
+        self.invocations += 1  # (a job object written is a notification Lambda may deliver)
         if self._slots is None:
-            return await self._run(event)
+            return self.count_cold_start(await self._run(event))
         async with self._slots:
-            return await self._run(event)
+            return self.count_cold_start(await self._run(event))
 
     async def _run(self, wire: dict) -> dict:
         event = records.InvokeEvent.from_wire(wire)
@@ -210,6 +213,7 @@ class TriggerDispatcher:
         return response
 
     async def stop(self) -> None:
+        await super().stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -54,7 +54,7 @@ from typing import Any
 
 import cloudpickle
 
-from ...errors import ConfigurationError, HandlerCrashedError
+from ...errors import ConfigurationError
 from ..base import Backend, FunctionSettings
 from ..http.lambda_api import LambdaInvoker
 from ..http.sigv4 import Credentials
@@ -104,11 +104,9 @@ class SimulatedBackend(Backend):
         #: What the simulated Lambda saw, as of the last `refresh_counters`.
         self.stats = SimulatedCounters()
         self._server: asyncio.subprocess.Process | None = None
-        self._invoker: FunctionInvoker | None = None
         #: The invoke endpoint's client (also reads the simulated Lambda's counters).
         self._direct: LambdaInvoker | None = None
         self._url = ""
-        self._closed = False
 
     def counters(self) -> dict[str, Any]:
         """Invocations, cold starts, throttles and peak concurrency, as a flat dict."""
@@ -168,29 +166,24 @@ class SimulatedBackend(Backend):
         self._direct = LambdaInvoker(self._url, self.region, self.FUNCTION, _local_credentials,
                                      max_connections=connections, read_timeout=read_timeout,
                                      ssl_context=context)
-        self._invoker = FunctionInvoker(
+        self.invoker = FunctionInvoker(
             self.FUNCTION, "the simulated Lambda", direct=self._direct, memory=settings.memory,
             timeout=settings.timeout, read_timeout=read_timeout,
             fix=lambda option, value: "LambdaClient(..., {}={})".format(
                 "function_timeout" if option == "timeout" else option, value),
-            redeploy="start a new client", on_sent=self._count_invocation)
-
-    def _count_invocation(self) -> None:
-        self.invocations += 1
+            redeploy="start a new client")
 
     async def stop(self) -> None:
-        if not self._closed and self._server is not None:
+        if self.invoker is not None and not self.invoker.stopped:
             try:
                 await self.refresh_counters()
             except Exception as exc:  # counters are a report: say so, but never block closing
                 logger.warning("could not read the simulated Lambda's counters (%r): "
                                "backend.counters() keeps the last ones read", exc)
-        self._closed = True
+        await super().stop()
 
     async def close(self) -> None:
-        await self.stop()
-        if self._direct is not None:
-            await self._direct.close()
+        await super().close()  # (the invoker closes the endpoint's client)
         if self._server is not None:
             server, self._server = self._server, None
             await stop_process(server, grace=5.0)
@@ -198,18 +191,6 @@ class SimulatedBackend(Backend):
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
         await self.s3.close()
-
-    # -- invoke -----------------------------------------------------------------------
-
-    async def set_concurrency(self, concurrency: int) -> None:
-        await super().set_concurrency(concurrency)
-        if self._invoker is not None:
-            self._invoker.set_concurrency(concurrency)
-
-    async def invoke(self, event: dict) -> dict:
-        if self._closed or self._invoker is None:
-            raise HandlerCrashedError("the simulated backend is closed")
-        return self.count_cold_start(await self._invoker.invoke(event))
 
 
 def _self_signed(directory: str) -> tuple[str, str]:
