@@ -58,10 +58,10 @@ async def _sdk_invoker(backend: SimulatedBackend, concurrency: int, stack: objec
                        ) -> FunctionInvoker:
     from aiobotocore.session import get_session
 
-    from dask_lambda.backends.aws.backend import sdk_invoke_config
+    from dask_lambda.backends.aws.clients import sdk_invoke_config
 
     verify = os.path.join(backend._directory, "cert.pem") if backend.tls else None
-    direct = backend._invoker
+    direct = backend.invoker
     client = await stack.enter_async_context(get_session().create_client(  # type: ignore
         "lambda", region_name="us-east-1", endpoint_url=backend._url, verify=verify,
         aws_access_key_id="testing", aws_secret_access_key="testing",
@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float, fl
     first: dict[str, tuple[float, float, float]] = {}
     try:
         async with contextlib.AsyncExitStack() as stack:
-            invokers = {"direct": backend._invoker,
+            invokers = {"direct": backend.invoker,
                         "sdk": await _sdk_invoker(backend, args.concurrency, stack)}
             for name, invoker in invokers.items():  # opens the connections
                 first[name] = await _burst(invoker, args.concurrency, args.concurrency)

@@ -181,29 +181,7 @@ def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
                       and c not in keys]
         if not candidates:
             continue
-        # The absorbed run one after the other. Absorbing all of r's dependencies pays if
-        # their serial work takes no longer than the slowest of them plus the invocation
-        # overhead saved (a chain always pays). Absorbing only some, the group starts after
-        # the others are done, so those absorbed may only take as long as the overhead.
-        candidates.sort(key=work.__getitem__)
-        group_size = size[r] + sum(size[c] for c in candidates)
-        serial = sum(work[c] for c in candidates)
-        if (len(candidates) == len(deps[r]) and group_size <= settings.max_tasks
-                and work[r] + serial <= settings.max_duration
-                and (len(candidates) == 1
-                     or serial <= work[candidates[-1]] + settings.overhead + 1e-12)):
-            chosen = candidates
-        else:
-            chosen, serial, group_size = [], 0.0, size[r]
-            for c in candidates:
-                if (group_size + size[c] > settings.max_tasks
-                        or work[r] + serial + work[c] > settings.max_duration
-                        or serial + work[c] > settings.overhead + 1e-12):
-                    break
-                serial += work[c]
-                group_size += size[c]
-                chosen.append(c)
-        for c in chosen:
+        for c in _absorbed(r, candidates, len(deps[r]), size, work, settings):
             size[r] += size[c]
             work[r] += work[c]
             absorbed_by[c] = r
@@ -221,6 +199,37 @@ def fuse_graph(dsk: Mapping[Any, GraphNode], keys: Iterable[Any],
     kept = {kind: {k: v for k, v in by_key.items() if k not in absorbed_by}
             for kind, by_key in annotations.items()}
     return out, kept
+
+
+def _absorbed(root: Any, candidates: list, n_deps: int, size: Mapping[Any, int],
+              work: Mapping[Any, float], settings: BatchSettings) -> list:
+    """Which of ``candidates`` (fusable dependencies of ``root``, which has ``n_deps``) the
+    task ``root`` absorbs, given each task's ``size`` (tasks in it) and ``work`` (seconds).
+
+    The absorbed run one after the other. Absorbing all of root's dependencies pays if their
+    serial work takes no longer than the slowest of them plus the invocation overhead saved
+    (a chain always pays). Absorbing only some, the group starts after the others are done,
+    so those absorbed may only take as long as the overhead.
+    """
+    candidates = sorted(candidates, key=work.__getitem__)
+    group_size = size[root] + sum(size[c] for c in candidates)
+    serial = sum(work[c] for c in candidates)
+    if (len(candidates) == n_deps and group_size <= settings.max_tasks
+            and work[root] + serial <= settings.max_duration
+            and (len(candidates) == 1
+                 or serial <= work[candidates[-1]] + settings.overhead + 1e-12)):
+        return candidates
+    chosen: list = []
+    serial, group_size = 0.0, size[root]
+    for c in candidates:
+        if (group_size + size[c] > settings.max_tasks
+                or work[root] + serial + work[c] > settings.max_duration
+                or serial + work[c] > settings.overhead + 1e-12):
+            break
+        serial += work[c]
+        group_size += size[c]
+        chosen.append(c)
+    return chosen
 
 
 def _topological(dsk: Mapping[Any, Any], deps: Mapping[Any, list]) -> list:

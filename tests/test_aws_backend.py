@@ -193,7 +193,7 @@ def test_throttled_invokes_are_retried(aws):
 def test_direct_and_sdk_invokers_give_the_same_results(aws, invoker):
     """auto sends invokes with dask-lambda's own client (no proxy here); sdk with aiobotocore."""
     with dask.config.set({"lambda.aws.invoker": invoker}), _client("invoke") as c:
-        used = c.cluster.backend._invoker
+        used = c.cluster.backend.invoker
         assert (used.direct is not None) == (invoker == "auto")
         assert (used.sdk is not None) == (invoker == "sdk")
         assert c.gather(c.map(lambda i: i * i, range(5))) == [0, 1, 4, 9, 16]

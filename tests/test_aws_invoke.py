@@ -295,7 +295,7 @@ def test_trigger_modes_s3_requests_are_counted_in_the_cost(aws):
         before = c.cost_report()
         assert c.gather(c.map(lambda i: i, range(3), pure=False)) == [0, 1, 2]
         report = c.cost_report()
-        polls = c.cluster.backend._trigger.polls
+        polls = c.cluster.backend.invoker.polls
     puts, gets = report["s3_puts"] - before["s3_puts"], report["s3_gets"] - before["s3_gets"]
     # each job: its PUT, the claim, the output and the completion record; and every LIST
     assert puts >= 4 * 3 + polls - 1  # (LISTs after the last record are not counted yet)

@@ -145,7 +145,7 @@ def test_scale_adapt_and_restart_while_work_runs(cluster, client, s3):
     assert future.result(timeout=300) == expected
     cluster.scale(2)
 
-    pids = {p for p in (env.proc.pid for env in cluster.backend._all)}
+    pids = {p for p in (env.proc.pid for env in cluster.backend.invoker.environments)}
     running = client.compute((x.map_blocks(_slow_inc) + 1).sum())
     kept = client.persist(da.ones(1000, chunks=100) + 1)
     wait(kept)
@@ -155,7 +155,7 @@ def test_scale_adapt_and_restart_while_work_runs(cluster, client, s3):
     assert client.submit(sum, [1, 2]).result() == 3
     assert (x.map_blocks(_slow_inc) * 2).sum().compute() == expected
     assert len(client.scheduler_info()["workers"]) == 1
-    assert not pids & {env.proc.pid for env in cluster.backend._all}  # fresh environments
+    assert not pids & {env.proc.pid for env in cluster.backend.invoker.environments}  # fresh environments
     run = cluster.layout.run
     deadline = time.monotonic() + 15  # the outputs kept before the restart are deleted
     while list_keys(s3, "t-cluster-api", f"run/results/{run}/"):

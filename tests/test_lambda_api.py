@@ -25,7 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from dask_lambda.backends.aws.backend import _proxied
+from dask_lambda.backends.aws.clients import _proxied
 from dask_lambda.backends.base import FunctionSettings
 from dask_lambda.backends.http.lambda_api import LambdaInvoker
 from dask_lambda.backends.http.pool import ConnectionLost, HttpPool, NothingSent, ReadTimeout
@@ -526,7 +526,7 @@ def test_the_sdk_invokers_sockets_send_keepalives_and_name_dask_lambda():
     from aiobotocore.session import get_session
 
     import dask_lambda
-    from dask_lambda.backends.aws.backend import sdk_invoke_config
+    from dask_lambda.backends.aws.clients import sdk_invoke_config
 
     config = sdk_invoke_config(30.0, 4)
     made: list = []

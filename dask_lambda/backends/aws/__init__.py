@@ -1,7 +1,11 @@
 """The aws backend: tasks run in a deployed AWS Lambda function.
 
 :mod:`.backend`
-    `AwsBackend`: checks the deployed function at start, one synchronous invoke per job.
+    `AwsBackend`: its clients and checks at start, then one synchronous invoke per job.
+:mod:`.clients`
+    The Lambda control client, the invoke client (direct or aiobotocore), trigger mode's S3.
+:mod:`.function`
+    The checks of the deployed function: Active, its key, its versions, its trigger.
 :mod:`.trigger`
     ``mode="trigger"``: jobs written to S3, whose notification invokes the function.
 """

@@ -104,6 +104,7 @@ class SimulatedBackend(Backend):
         #: What the simulated Lambda saw, as of the last `refresh_counters`.
         self.stats = SimulatedCounters()
         self._server: asyncio.subprocess.Process | None = None
+        self.invoker: FunctionInvoker | None = None
         #: The invoke endpoint's client (also reads the simulated Lambda's counters).
         self._direct: LambdaInvoker | None = None
         self._url = ""
