@@ -155,7 +155,8 @@ def test_scale_adapt_and_restart_while_work_runs(cluster, client, s3):
     assert client.submit(sum, [1, 2]).result() == 3
     assert (x.map_blocks(_slow_inc) * 2).sum().compute() == expected
     assert len(client.scheduler_info()["workers"]) == 1
-    assert not pids & {env.proc.pid for env in cluster.backend.invoker.environments}  # fresh environments
+    # fresh environments
+    assert not pids & {env.proc.pid for env in cluster.backend.invoker.environments}
     run = cluster.layout.run
     deadline = time.monotonic() + 15  # the outputs kept before the restart are deleted
     while list_keys(s3, "t-cluster-api", f"run/results/{run}/"):

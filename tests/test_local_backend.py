@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import boto3
 import dask.dataframe as dd
@@ -83,6 +84,27 @@ def retries(client) -> int:
     return client.lambda_stats()["retries"]
 
 
+def pipe_holders(pipe: Any, wait: float = 15) -> list[str]:
+    """The processes (other than this one) that still hold the other end of ``pipe``, after
+    waiting up to ``wait`` s for them to end."""
+    inode = f"pipe:[{os.fstat(pipe.fileno()).st_ino}]"
+    deadline = time.monotonic() + wait
+    while True:
+        holders = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if proc.pid == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{proc.pid}/fd")
+                if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == inode for fd in fds):
+                    holders.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])[:200]}")
+            except OSError:
+                continue
+        if not holders or time.monotonic() > deadline:
+            return holders
+        time.sleep(0.2)
+
+
 def gone(pid: int, timeout: float = 10) -> bool:
     """Whether process ``pid`` ends within ``timeout`` s (or has ended)."""
     try:
@@ -97,6 +119,8 @@ def gone(pid: int, timeout: float = 10) -> bool:
 # -- Ctrl-C ------------------------------------------------------------------------------------
 
 CTRL_C_SCRIPT = """
+import faulthandler, signal
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, if it does
 import time, dask.array as da
 from dask_lambda import LambdaClient
 
@@ -132,8 +156,19 @@ def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, 
             assert list_keys(s3, "t-ctrl-c")  # the run has objects
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # its threads' stacks, to stderr
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the script did not end within 60 s of Ctrl-C; its threads:\n"
+                                 + proc.communicate(timeout=30)[1][-8000:]) from None
         took = time.monotonic() - t0
+        # ... and nothing it started outlives it, holding its output open
+        holders = pipe_holders(proc.stderr, wait=max(0.0, t0 + 8 - time.monotonic()))
+        assert not holders, f"processes outlived the script, holding its stderr: {holders}"
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
