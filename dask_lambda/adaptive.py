@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .cluster import LambdaCluster
 
 logger = logging.getLogger("dask_lambda")
 
@@ -59,6 +56,12 @@ def concurrency_cap(n: Any, memory: Any, cores: Any, method: str, *, function_me
     return wanted
 
 
+class _Adapting(Protocol):
+    """What `LambdaAdaptive` needs of its cluster (a `LambdaCluster`): which adapt is on."""
+
+    _adaptive: LambdaAdaptive | None
+
+
 class LambdaAdaptive:
     """What ``LambdaCluster.adapt`` returns: Lambda adapts by itself, within ``maximum``.
 
@@ -68,7 +71,7 @@ class LambdaAdaptive:
         As given to ``adapt`` (``maximum``: the concurrency cap it set).
     """
 
-    def __init__(self, cluster: LambdaCluster, *, minimum: float, maximum: int):
+    def __init__(self, cluster: _Adapting, *, minimum: float, maximum: int):
         self.cluster = cluster
         self.minimum = minimum
         self.maximum = maximum

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .target import Out, Target
 
 if TYPE_CHECKING:
-    from .package import PackageSpec
+    from .spec import PackageSpec
 
 
 def build_zip(target: Target, spec: PackageSpec, out: Out) -> Path:

@@ -12,7 +12,7 @@ from ..deployment import compat, names
 from .wheels import RUNTIME_CLIENT, pins
 
 if TYPE_CHECKING:
-    from .package import Package, PackageSpec
+    from .spec import Package, PackageSpec
 
 
 def write_image_context(package: Package, spec: PackageSpec) -> Path:

@@ -26,12 +26,8 @@ from typing import TYPE_CHECKING
 from ..errors import DeployError
 
 if TYPE_CHECKING:
-    from .package import PackageSpec
+    from .spec import PackageSpec
 
-#: botocore models kept: the services the handler calls (S3; STS for credentials; Secrets
-#: Manager for the signing key, `dask_lambda_handler.env`). A task calling another service
-#: needs it listed (``deploy --aws-services s3,sts,secretsmanager,dynamodb``).
-AWS_SERVICES = ("s3", "sts", "secretsmanager")
 #: Where Lambda mounts the package (zip) or where images put it (``LAMBDA_TASK_ROOT``): the
 #: path compiled modules name as their source.
 TASK_ROOT = "/var/task"

@@ -25,7 +25,7 @@ from ..deployment import compat
 from ..errors import DeployError
 
 if TYPE_CHECKING:
-    from .package import PackageSpec
+    from .spec import PackageSpec
 
 #: What tasks need by default: the handler's and dask's libraries, pandas/numpy/pyarrow for
 #: dataframes and arrays, s3fs for s3:// paths (with the botocore its aiobotocore was made for),
