@@ -138,11 +138,14 @@ da.ones(100, chunks=10).map_blocks(slow, meta=da.ones(0).compute()).sum().comput
 @pytest.mark.parametrize("own_s3", [True, False], ids=["own-s3", "given-s3"])
 def test_ctrl_c_ends_the_script_at_once_and_leaves_nothing(own_s3, s3_endpoint, s3, tmp_path):
     options = "{}" if own_s3 else f"{{'local_s3_endpoint': {s3_endpoint!r}}}"
-    # A terminal runs the script as a process group of its own and Ctrl-C sends SIGINT to
-    # the whole group.
+    # A terminal runs the script as a process group of its own, with SIGINT's default action,
+    # and Ctrl-C sends SIGINT to the whole group. (A test run started in the background by a
+    # non-interactive shell, as a CI job may be, ignores SIGINT, which a child would inherit:
+    # Python then raises no KeyboardInterrupt.)
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT.format(options=options)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         directory = proc.stdout.readline().strip()
         assert directory, proc.communicate()[1]
