@@ -14,7 +14,6 @@ import math
 import os
 import secrets
 import shutil
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -23,7 +22,7 @@ from dask_lambda_handler import protocol, s3keys
 from distributed.deploy.spec import SpecCluster
 from distributed.worker import DEFAULT_METRICS
 
-from . import _compat, card, closing, runs
+from . import _compat, card, closing, runs, scratch
 from ._compat import NoOpAwaitable
 from .adaptive import LambdaAdaptive, concurrency_cap
 from .backends.base import Backend, FunctionSettings
@@ -107,7 +106,8 @@ class LambdaCluster(SpecCluster):
         #: Whether chains and small subtrees of short tasks run in one invocation.
         self.batching = settings.batching
         self._while_open = WhileOpen()
-        self._local_directory = tempfile.mkdtemp(prefix="dask-lambda-gateway-")
+        scratch.sweep()  # what clients killed on this machine left
+        self._local_directory = scratch.make("gateway")
 
         dashboard = settings.dashboard_address
         scheduler = {"cls": GatewayScheduler, "options": {

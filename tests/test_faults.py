@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 from dask_lambda_handler import s3keys
 from distributed import wait
 
-from dask_lambda import LambdaClient
+from dask_lambda import LambdaClient, scratch
 from dask_lambda.backends.local.faults import FaultPlan
 from dask_lambda.errors import (
     FunctionError,
@@ -347,12 +348,14 @@ def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
 
         client = LambdaClient("s3://{bucket}/f", local_s3_endpoint={s3_endpoint!r},
                               concurrency=2, inline_max=0, dashboard_address=None)
-        print("started", flush=True)
+        print("started", client.cluster.backend.directory, client.cluster._local_directory,
+              flush=True)
         da.ones(10_000, chunks=10).map_blocks(slow).sum().compute()
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=tmp_path)
-    assert proc.stdout.readline().strip() == "started"
+    started, *directories = proc.stdout.readline().split()
+    assert started == "started" and len(directories) == 2
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list_keys(s3, bucket, "f/jobs/")) < 4:
         time.sleep(0.2)
@@ -364,6 +367,7 @@ def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
     assert alive == []  # the environments exit when their client dies: no runaway work
     left = list_keys(s3, bucket)
     assert any("/jobs/" in k for k in left) and any(k.startswith("f/runs/") for k in left)
+    assert all(os.path.isdir(d) for d in directories)  # nothing could remove them
 
     # A later client removes what the dead one left once it is stale: here after three missed
     # heartbeats of a second (ages are measured on S3's clock, in whole seconds).
@@ -372,4 +376,29 @@ def test_client_killed_mid_run_leaves_nothing_running_and_next_client_cleans_up(
                       heartbeat=1, stale_after=3, dashboard_address=None) as client:
         assert sum(client.cluster.stale_runs_removed.values()) == len(left)
         assert client.submit(sum, [1, 2]).result() == 3
+        # ... and the temporary directories the dead one left on this machine
+        assert not any(os.path.exists(d) for d in directories)
     assert list_keys(s3, bucket) == []
+
+
+def test_only_the_temporary_directories_of_ended_clients_are_swept(tmp_path):
+    def made(kind: str, owner: str | None) -> str:
+        path = tmp_path / f"{scratch.PREFIX}{kind}-x"
+        path.mkdir()
+        if owner is not None:
+            (path / scratch.OWNER_FILE).write_text(owner)
+        return str(path)
+
+    here = scratch._machine()
+    me = scratch._identity(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs
+    dead = made("dead", f"{here} {child.pid} 1.000")
+    reused = made("reused", f"{here} {os.getpid()} 1.000")  # this pid, another process
+    alive = made("alive", f"{here} {me}")
+    elsewhere = made("elsewhere", f"another-host|pid:[1] {child.pid} 1.000")
+    unowned = made("unowned", None)
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    assert sorted(scratch.sweep(str(tmp_path))) == sorted([dead, reused])
+    assert all(os.path.isdir(p) for p in (alive, elsewhere, unowned, other))

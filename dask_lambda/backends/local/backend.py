@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 
+from ... import scratch
 from ..base import Backend, FunctionSettings
 from .faults import FaultPlan
 from .invoker import LocalInvoker
@@ -94,7 +94,7 @@ class LocalBackend(Backend):
         return self._dir
 
     async def start(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="dask-lambda-local-")
+        self._dir = scratch.make("local")
         await self.s3.start(self._dir)
         self.invoker = LocalInvoker(lambda: self.settings, python=self.python,
                                     directory=self._dir, s3=self.client_environment(),

@@ -49,11 +49,11 @@ import logging
 import shutil
 import ssl
 import sys
-import tempfile
 from typing import Any
 
 import cloudpickle
 
+from ... import scratch
 from ...errors import ConfigurationError
 from ..base import Backend, FunctionSettings
 from ..http.lambda_api import LambdaInvoker
@@ -142,7 +142,7 @@ class SimulatedBackend(Backend):
         context = None
         tls = None
         if self.tls:
-            self._directory = tempfile.mkdtemp(prefix="dask-lambda-simulated-")
+            self._directory = scratch.make("simulated")
             tls = _self_signed(self._directory)
             context = ssl.create_default_context(cafile=tls[0])
         config = ServerConfig(self.model, self.FUNCTION, settings.signing_key, settings.timeout,
