@@ -506,3 +506,26 @@ def test_only_the_client_can_use_its_private_s3_server():
             urllib.request.urlopen(presigned)
         assert http.value.code == 403
     assert_nothing_left(directory)
+
+
+# -- a backend's own life --------------------------------------------------------------------
+
+
+def test_a_backend_refuses_invokes_before_it_starts_and_after_it_closes(s3_endpoint):
+    from dask_lambda.backends.base import FunctionSettings
+    from dask_lambda.backends.local import LocalBackend
+
+    backend = LocalBackend(FunctionSettings(concurrency=1, memory=512, timeout=30,
+                                            signing_key=os.urandom(32)), s3_endpoint=s3_endpoint)
+
+    async def life() -> None:
+        with pytest.raises(HandlerCrashedError, match="^the local backend is not started$"):
+            await backend.invoke({})
+        await backend.start()
+        await backend.close()
+        with pytest.raises(HandlerCrashedError, match="^the local backend is closed$"):
+            await backend.invoke({})
+
+    asyncio.run(life())
+    assert backend.invocations == 0
+    assert not os.path.exists(backend.directory)
