@@ -71,20 +71,10 @@ class LocalBackend(Backend):
         self.python = python or sys.executable
         self.region = region  # (S3's; the cluster's card shows it)
         self.s3: LocalS3 = LocalS3(s3_endpoint, python=self.python, region=region)
-        self._faults = faults
+        #: The faults injected into invocations (may be replaced while the client runs).
+        self.faults = faults
         self._dir = ""
         self.invoker: LocalInvoker | None = None
-
-    @property
-    def faults(self) -> FaultPlan | None:
-        """The faults injected into invocations (may be replaced while the client runs)."""
-        return self._faults
-
-    @faults.setter
-    def faults(self, plan: FaultPlan | None) -> None:
-        self._faults = plan
-        if self.invoker is not None:
-            self.invoker.faults = plan
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -98,7 +88,7 @@ class LocalBackend(Backend):
         await self.s3.start(self._dir)
         self.invoker = LocalInvoker(lambda: self.settings, python=self.python,
                                     directory=self._dir, s3=self.client_environment(),
-                                    faults=self.faults)
+                                    faults=lambda: self.faults)
 
     async def close(self) -> None:
         await super().close()

@@ -46,17 +46,19 @@ class LocalInvoker(Invoker):
     s3
         The local S3's environment variables (endpoint, key).
     faults
-        Inject faults into a share of invocations (for testing fault handling).
+        The faults to inject into a share of invocations now, if any (for testing fault
+        handling), read at each invocation.
     """
 
     def __init__(self, settings: Callable[[], FunctionSettings], *, python: str,
-                 directory: str, s3: dict[str, str], faults: FaultPlan | None = None):
+                 directory: str, s3: dict[str, str],
+                 faults: Callable[[], FaultPlan | None] = lambda: None):
         super().__init__()
         self._settings = settings
         self.python = python
         self.directory = directory
         self.s3 = s3
-        self.faults = faults
+        self._faults = faults
         self._throttled: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
         self._idle: list[Environment] = []
@@ -142,7 +144,7 @@ class LocalInvoker(Invoker):
         Cancelling the call (the task awaiting it) kills the environment running it, with
         whatever the task started: the invocation stops at once and its slot is free.
         """
-        faults = self.faults
+        faults = self._faults()
         if faults is not None:
             job = records.InvokeEvent.from_wire(event).result_key
             if faults.hits("throttle", event, self._throttled.get(job, 0)):
